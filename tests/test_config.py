@@ -1,0 +1,64 @@
+"""params.yaml loading: strict keys and types, presets, the committed file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tanet.config import PRESETS, dump_params, load_params, params_from_dict, preset_params, set_key
+from tanet.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_yaml_is_the_quick_preset() -> None:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert data == preset_params("quick"), "params.yaml drifted from `tanet params --preset quick`"
+    params = load_params(ROOT / "params.yaml")
+    assert params.preset == "quick"
+    assert params.model.align_block == params.patches.patch_size
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_validates_and_round_trips(name: str, tmp_path: Path) -> None:
+    data = preset_params(name)
+    path = tmp_path / "params.yaml"
+    path.write_text(dump_params(data))
+    assert load_params(path).to_dict() == data
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("patches.patch_sise", 32, r"params.yaml: patches.patch_sise: unknown key"),
+        ("degrade.scales", [-4], r"params.yaml: degrade.scales\[0\]: must be 2, 3 or 4 \(got -4\)"),
+        ("patches.patch_size", "big", r"patches.patch_size: expected an integer, got str 'big'"),
+        ("train.lr", True, r"train.lr: expected a number, got bool True"),
+        ("model.branch.kind", "unet", r"model.branch.kind: must be one of"),
+        ("model.scale", 3, r"model.scale: 3 is not among degrade.scales"),
+        ("model.align_block", 16, r"model.align_block: not settable"),
+        ("ingest.val_clips", "bikes", r"ingest.val_clips: expected a list"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path: Path, key: str, value: object, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(dump_params(set_key(preset_params("quick"), key, value)))
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_missing_section_and_missing_file(tmp_path: Path) -> None:
+    data = preset_params("quick")
+    del data["train"]
+    with pytest.raises(ConfigError, match="train: missing section"):
+        params_from_dict(data, "params.yaml")
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_are_frozen() -> None:
+    params = params_from_dict(preset_params("tiny"))
+    with pytest.raises(AttributeError):
+        params.train.steps = 3  # type: ignore[misc]
