@@ -325,6 +325,17 @@ def params_from_dict(data: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(f"{source}: {err}") from None
 
 
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuilds a :class:`ModelConfig` saved with ``to_dict()`` (checkpoints, registered models)."""
+    data = dict(data)
+    block = data.pop("align_block", None)
+    try:
+        cfg = _build(ModelConfig, data, "model")
+    except ConfigError as err:
+        raise ConfigError(f"model config: {err}") from None
+    return dataclasses.replace(cfg, align_block=int(block)) if block else cfg
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Reads and validates a params file.
 

@@ -1,0 +1,91 @@
+"""Shared plumbing of the stage flows: environment, task runners, the Prefect mapper."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prefect_env() -> None:
+    """Telemetry off and a project-local PREFECT_HOME, before Prefect is imported."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # Results are tanet's own files (DVC outputs); Prefect keeps none of its own.
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+
+
+prefect_env()
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+
+def make_task_runner(spec: str | None = None) -> Any:
+    """Task runner from a spec: ``threads[:N]`` (default) or ``dask[:ADDRESS]``.
+
+    The spec comes from ``--task-runner`` or ``TANET_TASK_RUNNER``. ``dask`` starts a local
+    ``distributed`` cluster; ``dask:tcp://host:8786`` joins an existing one (needs the
+    ``dask`` extra: prefect-dask).
+    """
+    spec = spec or os.environ.get("TANET_TASK_RUNNER", "threads")
+    kind, _, arg = spec.partition(":")
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=int(arg) if arg else min(4, os.cpu_count() or 1))
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as err:
+            raise SystemExit("task runner 'dask' needs the dask extra: pip install 'tanet[dask]'") from err
+        if arg:
+            return DaskTaskRunner(address=arg)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+    raise SystemExit(f"unknown task runner {spec!r} (threads[:N] | dask[:ADDRESS])")
+
+
+def prefect_mapper(task_name: str) -> Callable[..., list[Any]]:
+    """A ``tanet.parallel.Mapper`` that runs each item as a Prefect task of the current flow."""
+
+    def mapper(fn: Callable[[T], R], items: Sequence[T], names: Sequence[str] | None = None) -> list[R | BaseException]:
+        run = task(fn, name=task_name, cache_policy=NO_CACHE, persist_result=False)
+        names = list(names) if names is not None else [f"{task_name}-{i}" for i in range(len(items))]
+        futures = [run.with_options(task_run_name=name).submit(item) for item, name in zip(items, names)]
+        results: list[R | BaseException] = []
+        for fut in futures:
+            try:
+                results.append(fut.result())
+            except Exception as err:  # noqa: BLE001 - the stage decides what a failure means
+                results.append(err)
+        return results
+
+    return mapper
+
+
+def stage_args(description: str, *paths: tuple[str, str]) -> argparse.ArgumentParser:
+    """Argument parser of a stage flow: ``--params``, ``--task-runner`` and its paths."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="pipeline params file")
+    ap.add_argument("--task-runner", default=None, help="threads[:N] | dask[:ADDRESS] (default: $TANET_TASK_RUNNER or threads)")
+    for flag, help_text in paths:
+        ap.add_argument(flag, type=Path, required=True, help=help_text)
+    return ap
+
+
+def run_flow(flow_obj: Any, task_runner: str | None, **kwargs: Any) -> Any:
+    """Runs a flow with the chosen task runner; a failed flow exits the process with status 1."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return flow_obj.with_options(task_runner=make_task_runner(task_runner))(**kwargs)

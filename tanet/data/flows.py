@@ -1,0 +1,118 @@
+"""Stage ``flow``: optical flow from each LR reference frame to its 2N-2 neighbours.
+
+For every LR set, clip and reference frame t, flows to the frames t-(N-1) .. t+(N-1)
+(t excluded) are stored compactly as float16 in ``<out>/<lr set>/<clip_id>.npz``, with the
+rectified integer shifts of the block grid (``block = patches.patch_size``) as int16.
+Neighbour indices are clamped at the clip's ends, as the upscaler replicates edge frames;
+a neighbour clamped onto the reference itself has zero flow.
+
+Arrays in each file: ``flow (F, 2N-2, h, w, 2) float16``, ``shifts (F, 2N-2, nby, nbx, 2)
+int16``, ``offsets (2N-2,) int16`` (time offsets of the neighbours, in time order).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tanet.align.flow import DisPreset, FlowMethod, estimate_flow
+from tanet.align.rof import block_shifts
+from tanet.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+from tanet.color import rgb_to_y_uint8
+from tanet.config import Params
+from tanet.data.ingest import read_manifest
+from tanet.data.lrsets import lr_set_name
+from tanet.errors import InputError, TanetError
+from tanet.frames import list_frames, read_rgb
+from tanet.parallel import Mapper, serial_map
+
+
+def y_plane(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 Y (MATLAB rgb2ycbcr, rounded) of an ``(H, W, 3)`` uint8 frame, as ``(H, W)`` uint8."""
+    return rgb_to_y_uint8(torch.from_numpy(rgb).permute(2, 0, 1))[0].numpy()
+
+
+def neighbour_offsets(num_branches: int) -> np.ndarray:
+    """Time offsets of the 2N-2 neighbours, in time order: -(N-1) .. -1, 1 .. N-1."""
+    r = num_branches - 1
+    return np.array([o for o in range(-r, r + 1) if o != 0], np.int16)
+
+
+def load_y_frames(folder: Path) -> np.ndarray:
+    """All frames of a folder as Y planes ``(F, H, W)`` uint8."""
+    return np.stack([y_plane(read_rgb(f)) for f in list_frames(folder)])
+
+
+def flow_clip(lr_dir: Path, out_file: Path, num_branches: int, block: int, method: FlowMethod, preset: DisPreset) -> int:
+    """Computes and stores the flows and block shifts of one LR clip.
+
+    Returns:
+        The number of flow fields computed.
+    """
+    y = load_y_frames(lr_dir)
+    f, h, w = y.shape
+    offsets = neighbour_offsets(num_branches)
+    nby, nbx = -(-h // block), -(-w // block)
+    flows = np.zeros((f, len(offsets), h, w, 2), np.float16)
+    shifts = np.zeros((f, len(offsets), nby, nbx, 2), np.int16)
+    computed = 0
+    for t in range(f):
+        for j, off in enumerate(offsets):
+            s = min(max(t + int(off), 0), f - 1)
+            if s == t:
+                continue
+            flow = estimate_flow(y[t], y[s], method, preset)
+            flows[t, j] = flow
+            shifts[t, j] = block_shifts(flow, block)
+            computed += 1
+    buf = io.BytesIO()
+    np.savez_compressed(buf, flow=flows, shifts=shifts, offsets=offsets, block=np.int16(block))
+    atomic_write_bytes(out_file, buf.getvalue())
+    return computed
+
+
+def load_flows(path: Path) -> dict[str, np.ndarray]:
+    """Loads a flow file written by :func:`flow_clip`."""
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot read flow file: {err}") from None
+
+
+def run_flow(params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mapper: Mapper = serial_map) -> dict[str, int]:
+    """Computes flows for every (LR set, clip).
+
+    Args:
+        params: pipeline params (``flow``, ``degrade``, ``model.num_branches``, ``patches.patch_size``).
+        clips_dir: ingest output (for the clip list).
+        lr_dir: degrade output.
+        out_dir: this stage's output folder (replaced whole on success).
+        mapper: fan-out over (LR set, clip) jobs.
+
+    Returns:
+        Flow fields computed per LR set.
+    """
+    clips = read_manifest(clips_dir)
+    sets = [lr_set_name(s, k) for s in params.degrade.scales for k in params.degrade.kinds]
+    jobs = [(name, c.clip_id) for name in sets for c in clips]
+    with atomic_dir(out_dir) as tmp:
+
+        def run(job: tuple[str, str]) -> int:
+            name, clip_id = job
+            return flow_clip(
+                lr_dir / name / clip_id, tmp / name / f"{clip_id}.npz", params.model.num_branches,
+                params.patches.patch_size, params.flow.method, params.flow.dis_preset,
+            )
+
+        results = mapper(run, jobs, [f"{n}/{c}" for n, c in jobs])
+        counts: dict[str, int] = {}
+        for (name, clip_id), res in zip(jobs, results):
+            if isinstance(res, BaseException):
+                raise TanetError(f"flow: {name}/{clip_id} failed: {res}") from res
+            counts[name] = counts.get(name, 0) + res
+        atomic_write_json(tmp / "summary.json", {"flows": counts, "method": params.flow.method})
+    return counts

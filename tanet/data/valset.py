@@ -1,0 +1,88 @@
+"""Validation clips on full frames: LR windows (raw and ROF-aligned) and HR targets.
+
+Windows at the clip's ends replicate the first/last frame (as the upscaler does); ROF
+alignment reuses the flow stage's block shifts, so validation sees exactly the alignment
+the data pipeline computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tanet.align.rof import apply_block_shifts
+from tanet.config import Params
+from tanet.data.flows import load_flows, neighbour_offsets
+from tanet.data.ingest import read_manifest
+from tanet.data.lrsets import lr_set_name
+from tanet.data.patches import _planes
+from tanet.errors import TanetError
+from tanet.frames import list_frames, read_rgb
+
+
+@dataclass(frozen=True)
+class ValClip:
+    """One validation clip held in memory (LR is small; HR only at the evaluated frames)."""
+
+    clip_id: str
+    lr: np.ndarray  # (F, C, h, w) uint8 planes (Y or RGB)
+    hr_y: np.ndarray  # (K, H, W) uint8 Y targets at `frames`, mod-cropped to r*h x r*w
+    frames: tuple[int, ...]  # evaluated frame indices
+    shifts: np.ndarray | None  # (F, T-1, nby, nbx, 2) block shifts, or None without flows
+    block: int  # block size of the shifts
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """``count`` frame indices spread over ``total`` frames (all when count is 0 or >= total)."""
+    if count <= 0 or count >= total:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)}) if count > 1 else [total // 2]
+
+
+def window_indices(t: int, num_frames: int, total: int) -> list[int]:
+    """Frame indices of the window centred on ``t``, clamped at the clip's ends."""
+    half = num_frames // 2
+    return [min(max(t + k, 0), total - 1) for k in range(-half, half + 1)]
+
+
+def window(clip: ValClip, t: int, num_frames: int, aligned: bool) -> np.ndarray:
+    """The ``(T, C, h, w)`` uint8 window centred on frame ``t`` (ROF-aligned if asked)."""
+    idx = window_indices(t, num_frames, len(clip.lr))
+    frames = clip.lr[idx]
+    if not aligned:
+        return frames
+    if clip.shifts is None:
+        raise TanetError(f"{clip.clip_id}: ROF alignment needs the flow stage's shifts")
+    out = frames.copy()
+    centre = num_frames // 2
+    for j, k in enumerate(k for k in range(num_frames) if k != centre):
+        out[k] = apply_block_shifts(frames[k].transpose(1, 2, 0), clip.shifts[t, j], clip.block).transpose(2, 0, 1)
+    return out
+
+
+def load_val_clips(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path | None, val_frames: int) -> list[ValClip]:
+    """Loads every validation clip of the manifest for the model's scale and degradation."""
+    model = params.model
+    name = lr_set_name(model.scale, params.patches.degradation)
+    r = model.scale
+    out = []
+    for rec in read_manifest(clips_dir):
+        if rec.split != "val":
+            continue
+        lr = np.stack([_planes(read_rgb(f), model.channels) for f in list_frames(lr_dir / name / rec.clip_id)])
+        frames = tuple(evenly_spaced(val_frames, len(lr)))
+        hr_files = list_frames(clips_dir / rec.clip_id)
+        h, w = lr.shape[-2:]
+        hr_y = np.stack([_planes(read_rgb(hr_files[t]), 1)[0, : r * h, : r * w] for t in frames])
+        shifts, block = None, params.patches.patch_size
+        if flow_dir is not None:
+            flows = load_flows(flow_dir / name / f"{rec.clip_id}.npz")
+            if not np.array_equal(flows["offsets"], neighbour_offsets(model.num_branches)):
+                raise TanetError(f"{rec.clip_id}: flow offsets do not match model.num_branches")
+            shifts, block = flows["shifts"].astype(np.int32), int(flows["block"])
+        out.append(ValClip(rec.clip_id, lr, hr_y, frames, shifts, block))
+    if not out:
+        raise TanetError("no validation clip in the manifest (ingest.val_clips)")
+    return out

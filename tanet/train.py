@@ -1,0 +1,576 @@
+"""Training: branch pretraining with loss (1), then joint training with loss (2).
+
+Schedule (Liu et al. 2017, Sec. 3.3): each SR branch B_i is first trained alone on its
+2i-1 frames against the HR target, ``min ||F_Bi(y) - x||^2`` ("model A"); the temporal
+adaptive network is then initialised from those branches and trained whole,
+``min ||Sum_i W_i * F_Bi - x||^2``. With SAN alignment the alignment network trains in the
+joint stage with the extra term ``lambda * Sum_k ||theta_hat_k - theta_k||^2`` (theta in LR
+pixels, theta_hat the rectified-flow shift from the patches stage).
+
+Inputs per alignment mode: ``none`` raw windows; ``rof`` ROF-aligned windows; ``san`` raw
+windows aligned by the SAN (its branches are pretrained on ROF-aligned windows, which the
+SAN is supervised to reproduce).
+
+The loop is flat: a pure learning-rate schedule (:func:`lr_at`), a stateless per-step
+augmentation generator, a no-grad validation helper, and atomic checkpoints (model config,
+full params, optimiser, RNG and loader state; weights as safetensors) every
+``checkpoint_every`` steps. A restarted job with the same inputs resumes from its checkpoint
+and, on CPU, ends with bit-identical weights (tested). Several GPUs: run under ``torchrun``
+(DDP; gloo on CPU, NCCL on CUDA).
+
+Runs as a plain module (``python -m tanet.train``) on machines with only torch, numpy,
+pyarrow, opencv and safetensors: MLflow is imported only when tracking is on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tanet.atomic import atomic_dir, atomic_write_json
+from tanet.config import OptimParams, Params, load_params, model_config_from_dict
+from tanet.data.dataset import LoaderState, PatchLoader
+from tanet.data.patches import read_patch_manifest
+from tanet.data.valset import ValClip, load_val_clips, window
+from tanet.degrade import imresize
+from tanet.errors import TanetError
+from tanet.metrics import psnr
+from tanet.models import SRBranch, VSRNet
+from tanet.models.vsr import ModelConfig
+from tanet.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+CKPT_STATE = "state.pt"
+CKPT_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+HISTORY = "history.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job: a single branch (loss 1) or the joint network (loss 2)."""
+
+    kind: Literal["branch", "joint"]
+    branch: int  # 1..N for kind == "branch"; 0 for the joint network
+    model: ModelConfig
+    optim: OptimParams
+    san_lambda: float = 0.0
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """``branch_<i>`` or ``joint``."""
+        return f"branch_{self.branch}" if self.kind == "branch" else "joint"
+
+
+class BranchModel(nn.Module):
+    """Branch B_i alone: takes the whole window and uses its centre 2i-1 frames."""
+
+    def __init__(self, cfg: ModelConfig, branch: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.index = branch
+        self.branch = SRBranch(cfg.branch, 2 * branch - 1, cfg.channels, cfg.scale)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, 2N-1, C, h, w)`` -> ``(B, C, r h, r w)``."""
+        centre = frames.shape[1] // 2
+        return self.branch(frames[:, centre - (self.index - 1) : centre + self.index])
+
+
+def build_model(job: Job) -> nn.Module:
+    """The network a job trains, initialised from a generator seeded by the job."""
+    torch.manual_seed(_seed(job.seed, job.name, "init"))
+    return BranchModel(job.model, job.branch) if job.kind == "branch" else VSRNet(job.model)
+
+
+def input_field(job: Job) -> str:
+    """Which loader field feeds the network: ``rof`` (pre-aligned) or ``lr`` (raw)."""
+    if job.model.alignment == "rof" or (job.kind == "branch" and job.model.alignment == "san"):
+        return "rof"
+    return "lr"
+
+
+def lr_at(step: int, optim: OptimParams) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then cosine to ``lr_min`` or constant."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr
+    span = max(1, optim.steps - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / span)
+    return optim.lr_min + 0.5 * (optim.lr - optim.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def _seed(*keys: Any) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, keys)).encode()).digest()[:4], "little")
+
+
+def augment(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random per-sample flips and transposes (the 8 dihedral symmetries), theta transformed alike.
+
+    A horizontal flip negates dx, a vertical flip negates dy and a transpose swaps them, so
+    theta_hat stays the shift that aligns the transformed neighbour.
+    """
+    n = next(iter(batch.values())).shape[0]
+    hflip, vflip, trans = (torch.rand(3, n, generator=gen) < 0.5).unbind(0)
+    out = dict(batch)
+    for key in ("lr", "rof", "hr"):
+        if key not in out:
+            continue
+        x = out[key].clone()
+        x[hflip] = x[hflip].flip(-1)
+        x[vflip] = x[vflip].flip(-2)
+        x[trans] = x[trans].transpose(-1, -2)
+        out[key] = x
+    if "theta" in out:
+        th = out["theta"].clone()
+        th[hflip, :, 0] = -th[hflip, :, 0]
+        th[vflip, :, 1] = -th[vflip, :, 1]
+        th[trans] = th[trans].flip(-1)
+        out["theta"] = th
+    return out
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def compute_loss(job: Job, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss (1) for a branch, loss (2) (+ lambda theta term for SAN) for the joint network."""
+    x = batch[input_field(job)].to(device, non_blocking=True).float().div_(255)  # (B, T, C, p, p)
+    target = batch["hr"].to(device, non_blocking=True).float().div_(255)  # (B, C, rp, rp)
+    with _autocast(device, job.optim.precision):
+        if job.kind == "branch":
+            sr = model(x)
+            theta = None
+        else:
+            out = model(x, return_all=True)
+            sr, theta = out.sr, out.theta
+    mse = F.mse_loss(sr.float(), target)
+    parts = {"mse": float(mse.detach())}
+    loss = mse
+    if theta is not None and job.san_lambda > 0:
+        theta_hat = batch["theta"].to(device, non_blocking=True)  # (B, T-1, 2) LR pixels
+        if theta.ndim == 4:  # affine: compare with the shift as a normalised affine matrix
+            from tanet.models.san import translation_to_affine
+
+            p = x.shape[-1]
+            theta_hat = translation_to_affine(theta_hat.reshape(-1, 2), p, p).view(theta.shape)
+        reg = (theta.float() - theta_hat).square().flatten(2).sum(-1).mean()
+        loss = mse + job.san_lambda * reg
+        parts["theta"] = float(reg.detach())
+    return loss, parts
+
+
+def _predict_full(job: Job, model: nn.Module, clip: ValClip, t: int, device: torch.device) -> torch.Tensor:
+    """Full-frame prediction of frame ``t`` as Y in [0, 255] (float64, rounded)."""
+    cfg = job.model
+    win = window(clip, t, cfg.num_frames, aligned=input_field(job) == "rof")
+    x = torch.from_numpy(win).to(device).float().div_(255)[None]  # (1, T, C, h, w)
+    with _autocast(device, job.optim.precision):
+        sr = model(x) if job.kind == "branch" else model(x, full_frame=True)
+    y = sr.float().clamp(0, 1)[0]
+    if cfg.channels == 3:
+        from tanet.color import rgb_to_ycbcr
+
+        y = rgb_to_ycbcr(y.double())[:1]
+    return torch.floor(y[0].double() * 255 + 0.5).cpu()
+
+
+@torch.no_grad()
+def validate(job: Job, model: nn.Module, clips: list[ValClip], device: torch.device) -> dict[str, float]:
+    """Mean Y-PSNR (dB) over the validation frames of each clip, then over clips."""
+    was_training = model.training
+    model.eval()
+    per_clip = {}
+    for clip in clips:
+        values = [psnr(_predict_full(job, model, clip, t, device), torch.from_numpy(gt).double()) for t, gt in zip(clip.frames, clip.hr_y)]
+        per_clip[clip.clip_id] = float(np.mean(values))
+    model.train(was_training)
+    return {"val_psnr": float(np.mean(list(per_clip.values()))), **{f"val_psnr/{k}": v for k, v in per_clip.items()}}
+
+
+def bicubic_psnr(clips: list[ValClip], scale: int) -> float:
+    """Y-PSNR of MATLAB-bicubic upscaling of the LR Y frames, on the validation frames."""
+    values = []
+    for clip in clips:
+        per = []
+        for t, gt in zip(clip.frames, clip.hr_y):
+            lr = torch.from_numpy(clip.lr[t]).double()
+            if lr.shape[0] == 3:
+                from tanet.color import rgb_to_ycbcr
+
+                lr = rgb_to_ycbcr(lr / 255)[:1] * 255
+            up = imresize(lr, scale=scale).clamp(0, 255)
+            per.append(psnr(torch.floor(up[0] + 0.5), torch.from_numpy(gt).double()))
+        values.append(float(np.mean(per)))
+    return float(np.mean(values))
+
+
+# -- checkpoints --------------------------------------------------------------------------
+def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+                    loader_states: list[LoaderState], history: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Writes a complete checkpoint folder atomically (swapped in whole)."""
+    with atomic_dir(ckpt_dir) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
+        torch.save(
+            {
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "loader": [dataclasses.asdict(s) for s in loader_states],
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                "history": history,
+                "meta": meta,
+            },
+            tmp / CKPT_STATE,
+        )
+
+
+def load_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """Loads a checkpoint if one exists for the same job and inputs (else None)."""
+    state_path = ckpt_dir / CKPT_STATE
+    if not state_path.is_file():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state["meta"].get("fingerprint") != fingerprint:
+        log.info("checkpoint %s is for other inputs or params; starting afresh", ckpt_dir)
+        return None
+    state["weights"] = load_file(str(ckpt_dir / CKPT_WEIGHTS))
+    return state
+
+
+def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: dict[str, torch.Tensor] | None) -> str:
+    """Identity of a job's inputs: params, the shards' checksums and the initial weights."""
+    digest = hashlib.sha256(json.dumps([job.kind, job.branch, job.model.to_dict(), dataclasses.asdict(job.optim),
+                                        job.san_lambda, job.seed], sort_keys=True).encode())
+    for shard in patches_manifest["shards"]:
+        digest.update(str(shard["sha256"]).encode())
+    for name in sorted(init_weights or {}):
+        digest.update(name.encode() + init_weights[name].numpy().tobytes())  # type: ignore[index]
+    return digest.hexdigest()
+
+
+# -- the loop -----------------------------------------------------------------------------
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; under DDP each rank takes its LOCAL_RANK GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TanetError("device cuda requested but CUDA is not available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def run_job(
+    job: Job,
+    patches_dir: Path,
+    val_clips: list[ValClip],
+    out_dir: Path,
+    ckpt_dir: Path,
+    *,
+    device: torch.device,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    tracker: Tracker | None = None,
+    meta: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Trains one job to ``job.optim.steps`` steps, resuming from ``ckpt_dir`` when possible.
+
+    Args:
+        job: what to train.
+        patches_dir: the patches stage output.
+        val_clips: validation clips (full frames).
+        out_dir: where the final weights, ``model.json`` and ``history.json`` go (atomic).
+        ckpt_dir: checkpoint folder (outside the stage's DVC outputs, so it survives a crash).
+        device: training device.
+        init_weights: state dict loaded into the model before training (joint: pretrained branches).
+        tracker: MLflow run of this job (no-op if None).
+        meta: extra fields for ``model.json`` (scale, degradation, params, licences...).
+        stop_after: stop (without final outputs) after this many steps — for tests of resuming.
+        on_step: called after every step (tests).
+
+    Returns:
+        The final metrics (``val_psnr``, ...).
+    """
+    tracker = tracker or Tracker()
+    optim = job.optim
+    rank, world = _dist_info()
+    if optim.batch_size % world:
+        raise TanetError(f"batch_size {optim.batch_size} is not divisible by the {world} DDP ranks")
+    manifest = read_patch_manifest(patches_dir)
+    fingerprint = job_fingerprint(job, manifest, init_weights)
+    model = build_model(job).to(device)
+    if init_weights is not None:
+        model.load_state_dict(init_weights, strict=False)
+    fields = (input_field(job), "hr") + (("theta",) if job.model.alignment == "san" and job.kind == "joint" else ())
+    loader = PatchLoader(patches_dir, optim.batch_size // world, seed=_seed(job.seed, job.name, "data"),
+                         shuffle_groups=optim.shuffle_groups, consumer=rank, num_consumers=world, fields=fields,
+                         verify=rank == 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    start, history = 0, []
+    state = load_checkpoint(ckpt_dir, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["weights"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), list(state["history"])
+        loader.state = LoaderState(**state["loader"][rank])
+        log.info("%s: resumed from step %d", job.name, start)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net.train()
+    batches = loader.prefetching() if device.type == "cuda" else iter(loader)
+    t0, seen = time.perf_counter(), 0
+    for step in range(start, optim.steps):
+        batch = augment(next(batches), torch.Generator().manual_seed(_seed(job.seed, job.name, "aug", step, rank)))
+        lr = lr_at(step, optim)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, parts = compute_loss(job, net, batch, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        opt.step()
+        seen += batch["hr"].shape[0] * world
+        done = step + 1
+        if done % optim.log_every == 0 or done == optim.steps:
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            record = {"step": done, "loss": float(loss.detach()), **parts, "lr": lr, "patches_per_s": rate}
+            history.append(record)
+            tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, done)
+            if rank == 0:
+                log.info("%s step %d/%d loss %.5f lr %.2e %.0f patches/s", job.name, done, optim.steps, record["loss"], lr, rate)
+            t0, seen = time.perf_counter(), 0
+        if optim.val_every and done % optim.val_every == 0 and done < optim.steps and rank == 0:
+            metrics = validate(job, model, val_clips, device)
+            history.append({"step": done, **metrics})
+            tracker.log_metrics(metrics, done)
+        if done % optim.checkpoint_every == 0 or done == optim.steps:
+            states = [loader.state] * world
+            if world > 1:
+                dist.all_gather_object(states, loader.state)
+            if rank == 0:
+                save_checkpoint(ckpt_dir, model, opt, done, states, history, {"fingerprint": fingerprint, "job": job.name})
+        if on_step is not None:
+            on_step(done)
+        if stop_after is not None and done >= stop_after:
+            return {"stopped_at": done}
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        return {}
+    metrics = validate(job, model, val_clips, device)
+    history.append({"step": optim.steps, **metrics})
+    tracker.log_metrics(metrics, optim.steps)
+    write_model_dir(out_dir, model, job, {**(meta or {}), **metrics}, history)
+    if tracker.enabled:
+        tracker.log_artifact(out_dir, "model")
+        tracker.log_artifact(ckpt_dir, "checkpoint")
+    return metrics
+
+
+def write_model_dir(out_dir: Path, model: nn.Module, job: Job, meta: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Writes ``model.safetensors``, ``model.json`` and ``history.json`` into a folder, atomically."""
+    with atomic_dir(out_dir) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
+        atomic_write_json(tmp / MODEL_META, {"format": 1, "kind": job.kind, "branch": job.branch,
+                                              "model": job.model.to_dict(), **meta})
+        atomic_write_json(tmp / HISTORY, history)
+
+
+def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a model folder written by :func:`write_model_dir` (joint or branch)."""
+    path = Path(path)
+    meta_path = path / MODEL_META
+    if not meta_path.is_file():
+        raise TanetError(f"{path}: not a tanet model folder ({MODEL_META} missing)")
+    meta = json.loads(meta_path.read_text())
+    cfg = model_config_from_dict(meta["model"])
+    model: nn.Module = BranchModel(cfg, int(meta["branch"])) if meta["kind"] == "branch" else VSRNet(cfg)
+    weights = load_file(str(path / CKPT_WEIGHTS))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise TanetError(f"{path / CKPT_WEIGHTS}: weights do not fit the model config in {MODEL_META}: {str(err).splitlines()[0]}") from None
+    return model.to(device).eval(), meta
+
+
+# -- stages -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataDirs:
+    """Inputs of the training stages."""
+
+    clips: Path
+    lr: Path
+    flow: Path
+    patches: Path
+
+
+def _meta(params: Params, patches_dir: Path) -> dict[str, Any]:
+    manifest = read_patch_manifest(patches_dir)
+    return {
+        "scale": params.model.scale,
+        "degradation": params.patches.degradation,
+        "color": params.model.color,
+        "alignment": params.model.alignment,
+        "licences": manifest.get("licences", []),
+        "patches_sha256": hashlib.sha256("".join(str(s["sha256"]) for s in manifest["shards"]).encode()).hexdigest(),  # type: ignore[union-attr]
+        "params": params.to_dict(),
+    }
+
+
+def branch_job(params: Params, i: int) -> Job:
+    """The pretraining job of branch ``i``."""
+    return Job("branch", i, params.model, params.pretrain, 0.0, params.seed)
+
+
+def joint_job(params: Params) -> Job:
+    """The joint training job."""
+    return Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+
+
+def pretrain_branch(params: Params, i: int, dirs: DataDirs, out_dir: Path, ckpt_root: Path, *, device: torch.device,
+                    tracker: Tracker | None = None, val_clips: list[ValClip] | None = None, **kw: Any) -> dict[str, Any]:
+    """Pretrains branch ``i`` into ``out_dir/branch_<i>``; returns its validation metrics."""
+    job = branch_job(params, i)
+    clips = val_clips or load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+    return run_job(job, dirs.patches, clips, out_dir / job.name, ckpt_root / job.name, device=device, tracker=tracker,
+                   meta=_meta(params, dirs.patches), **kw)
+
+
+def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tensor]:
+    """State dict of the joint network filled with the pretrained branches (model A)."""
+    init: dict[str, torch.Tensor] = {}
+    for i in range(1, params.model.num_branches + 1):
+        path = pretrain_dir / f"branch_{i}" / CKPT_WEIGHTS
+        if not path.is_file():
+            raise TanetError(f"{path}: pretrained branch missing; run the pretrain stage first")
+        for k, v in load_file(str(path)).items():
+            init[f"tanet.branches.{i - 1}.{k.removeprefix('branch.')}"] = v
+    return init
+
+
+def train_joint(params: Params, dirs: DataDirs, pretrain_dir: Path | None, out_dir: Path, ckpt_root: Path, *,
+                device: torch.device, tracker: Tracker | None = None, **kw: Any) -> dict[str, Any]:
+    """Trains the joint network into ``out_dir``; returns its metrics incl. the bicubic baseline."""
+    job = joint_job(params)
+    clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.train.val_frames)
+    init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
+    bicubic = bicubic_psnr(clips, params.model.scale)
+    meta = {**_meta(params, dirs.patches), "val_psnr_bicubic": bicubic}
+    metrics = run_job(job, dirs.patches, clips, out_dir, ckpt_root / job.name, device=device, init_weights=init,
+                      tracker=tracker, meta=meta, **kw)
+    if metrics and "val_psnr" in metrics:
+        metrics["val_psnr_bicubic"] = bicubic
+        if tracker is not None:
+            tracker.log_metrics({"val_psnr_bicubic": bicubic}, params.train.steps)
+    return metrics
+
+
+def train_metrics(pretrain_dir: Path, train_dir: Path, num_branches: int) -> dict[str, Any]:
+    """``metrics/train.json``: ``{"pretrain": {"branch_i": {"val_psnr"}}, "joint": {...}}``."""
+    pre = {}
+    for i in range(1, num_branches + 1):
+        meta = json.loads((pretrain_dir / f"branch_{i}" / MODEL_META).read_text())
+        pre[f"branch_{i}"] = {"val_psnr": round(meta["val_psnr"], 4)}
+    joint = json.loads((train_dir / MODEL_META).read_text())
+    return {"pretrain": pre, "joint": {"val_psnr": round(joint["val_psnr"], 4),
+                                        "val_psnr_bicubic": round(joint["val_psnr_bicubic"], 4)}}
+
+
+# -- command line (a plain module: runs where only torch & co. are installed) -------------
+def _setup_distributed(device_name: str) -> torch.device:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        device = resolve_device(device_name)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return device
+    return resolve_device(device_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tanet.train {pretrain,train,all} ...`` (see ``--help``)."""
+    ap = argparse.ArgumentParser(prog="python -m tanet.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("stage", choices=["pretrain", "train", "all"], help="which part of the schedule to run")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--clips", type=Path, default=Path("data/clips"))
+    ap.add_argument("--lr-dir", type=Path, default=Path("data/lr"))
+    ap.add_argument("--flow", type=Path, default=Path("data/flow"))
+    ap.add_argument("--patches", type=Path, default=Path("data/patches"))
+    ap.add_argument("--pretrain-out", type=Path, default=Path("data/models/pretrain"))
+    ap.add_argument("--train-out", type=Path, default=Path("data/models/tanet"))
+    ap.add_argument("--checkpoints", type=Path, default=Path(".tanet/checkpoints"))
+    ap.add_argument("--branch", type=int, default=0, help="pretrain only this branch (1..N); 0 = all")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--tracking", choices=["auto", "mlflow", "none"], default="none",
+                    help="MLflow logging (import the run later with `tanet import-run` when none)")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after N steps (testing resumption)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    device = _setup_distributed(args.device)
+    dirs = DataDirs(args.clips, args.lr_dir, args.flow, args.patches)
+    from tanet.tracking import child_run, stage_run
+
+    use_mlflow = args.tracking == "mlflow" or (args.tracking == "auto" and _has_mlflow())
+    rank, _ = _dist_info()
+    results: dict[str, Any] = {}
+    try:
+        if args.stage in ("pretrain", "all"):
+            branches = [args.branch] if args.branch else list(range(1, params.model.num_branches + 1))
+            with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow and rank == 0) as tr:
+                for i in branches:
+                    branch_tr = child_run(tr, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
+                    results[f"branch_{i}"] = pretrain_branch(params, i, dirs, args.pretrain_out, args.checkpoints / "pretrain",
+                                                             device=device, tracker=branch_tr, stop_after=args.stop_after)
+                    branch_tr.finish()
+        if args.stage in ("train", "all"):
+            with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow and rank == 0) as tr:
+                results["joint"] = train_joint(params, dirs, args.pretrain_out, args.train_out, args.checkpoints / "train",
+                                               device=device, tracker=tr, stop_after=args.stop_after)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def _has_mlflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mlflow") is not None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1166 @@
+"""Streaming video IO over ffmpeg: a context-managed reader and writer pair.
+
+Design
+------
+* One ffmpeg process per reader or writer, driven through pipes of raw ``rgb24`` frames:
+  the reader reads exactly ``H * W * 3`` bytes per frame from ffmpeg's stdout, the writer
+  writes them to its stdin. Memory stays constant whatever the clip length.
+* ffmpeg is the static binary of the ``imageio-ffmpeg`` wheel. That build has no
+  ffprobe, so :func:`probe` parses the stream description that ``ffmpeg -i FILE`` prints
+  on stderr. Commands are argument lists built with ``ffmpeg-python`` (never shell
+  strings) and every path is passed absolute, so a name that starts with ``-`` or looks
+  like ``proto:...`` cannot be read as an option or a protocol.
+* Frame rates are :class:`fractions.Fraction` end to end (``30000/1001``, never
+  ``29.97`` and never ``eval``).
+* Failures raise instead of shortening the output. The reader runs ffmpeg with
+  ``-xerror`` (a decoding error is fatal), checks the exit status and the size of the
+  last frame, and treats demuxer reports of a cut-off file ("partial file", "File ended
+  prematurely") as errors, since ffmpeg exits 0 on those. The writer encodes to a
+  temporary name beside the target and renames it only after ffmpeg exits 0.
+* ffmpeg's stderr is drained by a background thread that keeps the last lines, so a
+  chatty ffmpeg can never block on a full pipe, and errors can quote what it said.
+* Frames are decoded one output frame per decoded frame (``-fps_mode passthrough``):
+  ffmpeg must not duplicate or drop frames to fake a constant rate, which would hide
+  damage and misalign super-resolved frames with their inputs.
+
+The reader yields frames as displayed (rotation from the display matrix applied, which
+is why ``VideoInfo.width/height`` are the display size). Sample aspect ratio is reported
+but not applied: frames keep their stored pixel grid.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+
+from tanet.atomic import atomic_dir
+from tanet.errors import InputError, VideoError
+from tanet.frames import list_frames, read_rgb, write_rgb
+
+__all__ = [
+    "FrameFolderReader",
+    "FrameFolderWriter",
+    "OutputExistsError",
+    "VideoInfo",
+    "VideoReader",
+    "VideoWriter",
+    "count_frames",
+    "ffmpeg_exe",
+    "open_video",
+    "probe",
+]
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 40  # lines of ffmpeg's stderr kept for error messages
+_PROBE_TIMEOUT_S = 60
+_STOP_TIMEOUT_S = 5
+
+# ffmpeg's quiet, non-interactive flags. With -loglevel error, every stderr line is a
+# problem report, so the kept tail is exactly what an error message should quote.
+_QUIET = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "error")
+
+# Demuxer messages that mean the input is cut off or damaged even though ffmpeg may
+# still exit 0 (mov: "partial file"; matroska: "File ended prematurely").
+_DAMAGE = re.compile(
+    r"partial file|ended prematurely|truncat|moov atom not found|invalid data found|corrupt",
+    re.IGNORECASE,
+)
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """The output path already exists and ``overwrite`` was not set."""
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """Returns the path of the ffmpeg binary shipped by the ``imageio-ffmpeg`` wheel."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# ---------------------------------------------------------------------------------------
+# probe
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ffmpeg reports about a video (or what a frame folder holds)."""
+
+    path: Path  # the file (or frame folder) described
+    width: int  # display width: stored width, or stored height when rotated by +-90
+    height: int  # display height, likewise swapped for +-90 rotations
+    fps: Fraction  # frame rate, NTSC rates snapped to n*1000/1001 (see _parse_rate)
+    num_frames: int | None  # frame count when the container says; see count_frames()
+    duration: float | None  # container duration in seconds (longest stream), if known
+    codec: str  # video codec name as ffmpeg prints it ("h264", "ffv1", "png", ...)
+    pix_fmt: str  # stored pixel format ("yuv420p", "yuv420p10le", "argb", "gray", ...)
+    bit_depth: int  # bits per sample derived from pix_fmt (8, 10, 12, 16)
+    has_alpha: bool  # pix_fmt carries an alpha plane (dropped by the reader)
+    is_grey: bool  # pix_fmt is luma only (replicated to RGB by the reader)
+    rotation: int  # clockwise degrees applied for display (0/90/180/270); ffmpeg prints
+    # the matrix angle counter-clockwise: "rotation of -90.00 degrees" is rotation 90
+    has_audio: bool  # the file has at least one audio stream
+    has_subtitles: bool  # the file has at least one subtitle stream
+    color_range: str | None  # "tv" (limited) or "pc" (full); None when untagged
+    color_space: str | None  # matrix coefficients ("bt709", "smpte170m", ...)
+    color_primaries: str | None  # colour primaries ("bt709", "bt470bg", ...)
+    color_transfer: str | None  # transfer characteristics ("bt709", "smpte2084", ...)
+    sample_aspect_ratio: Fraction = Fraction(1)  # pixel shape; 1 for square pixels
+    variable_frame_rate: bool | None = None  # heuristic: average rate != base rate
+    stream_index: int = 0  # index of the decoded video stream in the file
+    audio_codecs: tuple[str, ...] = ()  # codec of each audio stream, in file order
+    subtitle_codecs: tuple[str, ...] = ()  # codec of each subtitle stream, in file order
+
+    @property
+    def color(self) -> dict[str, str | None]:
+        """The colour tags as the ``color`` argument of :class:`VideoWriter` takes them."""
+        return {
+            "range": self.color_range,
+            "space": self.color_space,
+            "primaries": self.color_primaries,
+            "transfer": self.color_transfer,
+        }
+
+
+_STREAM = re.compile(
+    r"^(?P<indent>\s*)Stream #0:(?P<index>\d+)(?:\[[^\]]*\])?(?:\([^)]*\))?: "
+    r"(?P<kind>Video|Audio|Subtitle|Data|Attachment): (?P<desc>.*)$"
+)
+_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_ROTATION = re.compile(r"display\s*matrix:\s*rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+_NUMBER_OF_FRAMES = re.compile(r"^\s*NUMBER_OF_FRAMES(?:-\w+)?\s*:\s*(\d+)\s*$", re.MULTILINE)
+_FIELD_ORDERS = ("progressive", "top first", "bottom first", "top coded first", "bottom coded first")
+
+
+class _Stream(NamedTuple):
+    """One stream of ffmpeg's description of input #0."""
+
+    index: int  # the N of "Stream #0:N"
+    kind: str  # "Video", "Audio", "Subtitle", "Data" or "Attachment"
+    desc: str  # the text after "Video: " ("h264 (High), yuv420p(progressive), 64x48, ...")
+    extra: str  # indented lines below it: metadata and side data (display matrix)
+
+    @property
+    def codec(self) -> str:
+        return self.desc.split(",")[0].split(" ")[0]
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Describes a video file from the stderr of ``ffmpeg -hide_banner -i PATH``.
+
+    Without an output file ffmpeg exits 1 ("At least one output file must be
+    specified"); that is expected and the description above it is parsed. The first
+    video stream that is not an attached picture (cover art) is described.
+
+    ``fps`` is the average rate ffmpeg prints ("29.97 fps"), else its base rate ("29.97
+    tbr"), made exact by :func:`_parse_rate`. The average is preferred because N frames
+    written at it last as long as the source, which keeps copied audio in sync even for
+    variable-rate sources; the two differ only for such sources (``variable_frame_rate``).
+
+    Args:
+        path: video file.
+
+    Returns:
+        The stream description. ``num_frames`` is None unless the container states it
+        (mkvmerge's ``NUMBER_OF_FRAMES`` tag); use :func:`count_frames` when needed.
+
+    Raises:
+        VideoError: the file is missing, empty, not a video, damaged in its header, or
+            has no video stream; the message names the file and gives a one-line reason.
+    """
+    path = Path(path)
+    text = _ffmpeg_describe(path)
+    streams = _streams(text)
+    video = next((s for s in streams if s.kind == "Video" and "(attached pic)" not in s.desc), None)
+    if video is None:
+        kinds = ", ".join(f"{s.kind.lower()} {s.codec}" for s in streams) or "none"
+        raise VideoError(path, f"no video stream (streams: {kinds})")
+    fields = _split_top_level(video.desc)
+    pix_fmt, color = _parse_pix_fmt(fields[1] if len(fields) > 1 else "none")
+    if pix_fmt == "none":
+        raise VideoError(
+            path, f"ffmpeg cannot tell the pixel format of {video.codec} stream #{video.index} (damaged?)"
+        )
+    size = next((m for f in fields if (m := re.match(r"(\d+)x(\d+)", f))), None)
+    if size is None:
+        raise VideoError(path, f"no frame size in the {video.codec} stream description")
+    width, height = int(size.group(1)), int(size.group(2))
+    rotation = _parse_rotation(video.extra)
+    if rotation in (90, 270):
+        width, height = height, width  # ffmpeg autorotates while decoding
+    avg, base = _parse_rate(_field_value(fields, "fps")), _parse_rate(_field_value(fields, "tbr"))
+    if avg is None and base is None:
+        raise VideoError(path, "ffmpeg reports no frame rate for the video stream")
+    frames_tag = _NUMBER_OF_FRAMES.search(video.extra)
+    return VideoInfo(
+        path=path,
+        width=width,
+        height=height,
+        fps=avg or base,
+        num_frames=int(frames_tag.group(1)) if frames_tag else None,
+        duration=_parse_duration(text),
+        codec=video.codec,
+        pix_fmt=pix_fmt,
+        bit_depth=_bit_depth(pix_fmt),
+        has_alpha=bool(re.match(r"(yuva|gbrap|ya\d|rgba|bgra|argb|abgr|ayuv|vuya)", pix_fmt)),
+        is_grey=bool(re.match(r"(gray|ya\d|mono)", pix_fmt)),
+        rotation=rotation,
+        has_audio=any(s.kind == "Audio" for s in streams),
+        has_subtitles=any(s.kind == "Subtitle" for s in streams),
+        color_range=color["range"],
+        color_space=color["space"],
+        color_primaries=color["primaries"],
+        color_transfer=color["transfer"],
+        sample_aspect_ratio=_parse_sar(video.desc),
+        variable_frame_rate=None if avg is None or base is None else avg != base,
+        stream_index=video.index,
+        audio_codecs=tuple(s.codec for s in streams if s.kind == "Audio"),
+        subtitle_codecs=tuple(s.codec for s in streams if s.kind == "Subtitle"),
+    )
+
+
+def _ffmpeg_describe(path: Path) -> str:
+    """Runs ``ffmpeg -i`` on a file and returns its description, or raises VideoError."""
+    if not path.exists():
+        raise VideoError(path, "file does not exist")
+    if path.is_dir():
+        raise VideoError(path, "is a directory, not a video file (use open_video for frame folders)")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "file is empty (0 bytes)")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())]
+    try:
+        proc = subprocess.run(
+            cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise VideoError(path, f"ffmpeg took more than {_PROBE_TIMEOUT_S} s to read the header") from None
+    text = proc.stderr.decode("utf-8", "replace")
+    if "Input #0" not in text:
+        raise VideoError(path, f"not a readable video: {_one_line_reason(text)}")
+    return text
+
+
+def _one_line_reason(text: str) -> str:
+    """Condenses ffmpeg's complaint about an unreadable input into one line."""
+    reasons: list[str] = []
+    for line in text.splitlines():
+        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", line.strip())  # drop "[in#0 @ 0x...]" prefixes
+        line = re.sub(r"^Error opening input(?: files?)?(?: [^:]*\.)?:?\s*", "", line)
+        if line and not line.startswith("Error opening input file") and line not in reasons:
+            reasons.append(line)
+    return "; ".join(reasons) or "ffmpeg printed no description"
+
+
+def _streams(text: str) -> list[_Stream]:
+    """Splits ffmpeg's description of input #0 into its streams."""
+    text = text.split("Output #0", 1)[0]
+    streams: list[_Stream] = []
+    current: tuple[re.Match[str], list[str]] | None = None
+    for line in text.splitlines():
+        m = _STREAM.match(line)
+        # A stream's block ends at the next stream line or a line indented no deeper.
+        if current is not None and (m or len(line) - len(line.lstrip()) <= len(current[0]["indent"])):
+            head, extra = current
+            streams.append(_Stream(int(head["index"]), head["kind"], head["desc"], "\n".join(extra)))
+            current = None
+        if m:
+            current = (m, [])
+        elif current is not None:
+            current[1].append(line)
+    if current is not None:
+        head, extra = current
+        streams.append(_Stream(int(head["index"]), head["kind"], head["desc"], "\n".join(extra)))
+    return streams
+
+
+def _parse_duration(text: str) -> float | None:
+    """Container duration from "Duration: 00:01:02.50"; None for "Duration: N/A"."""
+    m = _DURATION.search(text)
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
+
+
+def _split_top_level(desc: str) -> list[str]:
+    """Splits a stream description on ", " outside parentheses and brackets."""
+    fields, depth, start = [], 0, 0
+    for i, ch in enumerate(desc):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            fields.append(desc[start:i].strip())
+            start = i + 1
+    fields.append(desc[start:].strip())
+    return fields
+
+
+def _parse_pix_fmt(field: str) -> tuple[str, dict[str, str | None]]:
+    """Parses ``yuv420p(tv, bt470bg/smpte170m/bt709, progressive)`` into the format and tags.
+
+    ffmpeg prints the range ("tv"/"pc"), then either one colour name (when matrix,
+    primaries and transfer agree) or "space/primaries/transfer", then the field order.
+    """
+    color: dict[str, str | None] = {"range": None, "space": None, "primaries": None, "transfer": None}
+    name, _, rest = field.partition("(")
+    for token in _split_top_level(rest[:-1]) if rest.endswith(")") else []:
+        if token in ("tv", "pc"):
+            color["range"] = token
+        elif "/" in token:
+            parts = [None if p == "unknown" else p for p in token.split("/")]
+            color["space"], color["primaries"], color["transfer"] = (parts + [None, None, None])[:3]
+        elif token and not token.startswith(_FIELD_ORDERS) and token != "unknown":
+            color["space"] = color["primaries"] = color["transfer"] = token
+    return name.strip(), color
+
+
+def _field_value(fields: list[str], unit: str) -> str | None:
+    """Returns the number printed before ``unit`` ("29.97 fps" -> "29.97"), if any."""
+    for f in fields:
+        m = re.fullmatch(rf"([\d.]+k?) {unit}", f)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _parse_rate(text: str | None) -> Fraction | None:
+    """Turns ffmpeg's printed rate into an exact fraction.
+
+    ffmpeg prints rates rounded to two decimals ("29.97", "23.98", "59.94") or as
+    integers ("25", "1k"). A value within 0.01 of an NTSC rate n*1000/1001 is snapped to
+    it (29.97 -> 30000/1001); any other value is taken as printed, with the denominator
+    limited to 1001 (12.50 -> 25/2).
+    """
+    if text is None:
+        return None
+    rate = Fraction(text[:-1]) * 1000 if text.endswith("k") else Fraction(text)
+    if rate <= 0:
+        return None
+    if rate.denominator == 1:
+        return rate
+    ntsc = Fraction(round(rate * Fraction(1001, 1000)) * 1000, 1001)
+    if ntsc > 0 and abs(ntsc - rate) < Fraction(1, 100):
+        return ntsc
+    return rate.limit_denominator(1001)
+
+
+def _parse_rotation(extra: str) -> int:
+    """Clockwise display rotation from the display-matrix side data.
+
+    ffmpeg prints the matrix angle counter-clockwise ("rotation of -90.00 degrees" is
+    what a phone's legacy ``rotate=90`` tag becomes), so the clockwise angle applied by
+    autorotation is its negation, normalised to [0, 360).
+    """
+    m = _ROTATION.search(extra)
+    return round(-float(m.group(1))) % 360 if m else 0
+
+
+def _parse_sar(desc: str) -> Fraction:
+    """Sample aspect ratio from "SAR 64:45"; 1 when absent or unknown (0:1)."""
+    m = re.search(r"SAR (\d+):(\d+)", desc)
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
+        return Fraction(1)
+    return Fraction(int(m.group(1)), int(m.group(2)))
+
+
+def _bit_depth(pix_fmt: str) -> int:
+    """Bits per sample of a pixel format name ("yuv420p10le" -> 10, "rgb48le" -> 16)."""
+    special = {"xv30": 10, "v30x": 10, "xv36": 12, "xv48": 16}
+    for prefix, bits in special.items():
+        if pix_fmt.startswith(prefix):
+            return bits
+    m = re.search(r"(\d+)(?:le|be)$", pix_fmt)
+    if not m:
+        return 8
+    digits = m.group(1)
+    if len(digits) == 3 and digits[0] in "0124":  # p010, p016, y210, y212, p410
+        digits = digits[1:]
+    bits = int(digits)
+    if bits in (48, 64):  # rgb48 / rgba64: 16 bits per channel
+        return 16
+    return bits if bits in (9, 10, 12, 14, 16, 32) else 8
+
+
+def count_frames(path: str | Path) -> int:
+    """Counts the frames of the video stream, for containers that do not say.
+
+    The stream is demuxed without decoding (``-c copy -f null``), one packet per frame;
+    if that fails (or reports nothing) the stream is fully decoded instead. Packet
+    counting sees damaged packets too, so a damaged file may count more frames than
+    :class:`VideoReader` can decode (and the reader raises on those).
+
+    Args:
+        path: video file.
+
+    Returns:
+        Number of frames in the video stream.
+
+    Raises:
+        VideoError: the file is unreadable (see :func:`probe`) or neither pass works.
+    """
+    info = probe(path)
+    stream = ffmpeg.input(str(Path(path).absolute()))[str(info.stream_index)]
+    tail = ""
+    for options in ({"c": "copy"}, {"fps_mode": "passthrough"}):
+        cmd = (
+            stream.output("-", format="null", **options)
+            .global_args("-hide_banner", "-nostdin", "-nostats")
+            .compile(cmd=ffmpeg_exe())
+        )
+        proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True)
+        tail = proc.stderr.decode("utf-8", "replace")
+        counts = re.findall(r"frame=\s*(\d+)", tail)
+        if proc.returncode == 0 and counts:
+            return int(counts[-1])
+    raise VideoError(path, "cannot count frames:\n" + "\n".join(tail.splitlines()[-STDERR_TAIL_LINES:]))
+
+
+# ---------------------------------------------------------------------------------------
+# ffmpeg process plumbing
+# ---------------------------------------------------------------------------------------
+
+
+class _StderrTail:
+    """Drains a process's stderr in a background thread, keeping the last lines.
+
+    Draining is what prevents a deadlock: ffmpeg blocks once the stderr pipe buffer is
+    full, while we block reading frames from stdout.
+    """
+
+    def __init__(self, stream: Any, max_lines: int = STDERR_TAIL_LINES) -> None:
+        self._stream = stream
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
+        self.damage: list[str] = []  # lines matching _DAMAGE, kept even if scrolled away
+        self._thread = threading.Thread(target=self._pump, name="ffmpeg-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for raw in iter(self._stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._lines.append(line)
+                if _DAMAGE.search(line) and len(self.damage) < 5:
+                    self.damage.append(line)
+        self._stream.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        """The kept lines, oldest first (call after join for the complete tail)."""
+        return "\n".join(self._lines) or "(ffmpeg printed nothing)"
+
+
+def _popen(cmd: list[str], *, stdin: Any, stdout: Any) -> tuple[subprocess.Popen[bytes], _StderrTail]:
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    return proc, _StderrTail(proc.stderr)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ends ffmpeg now and reaps it (no zombie): terminate, then kill if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
+def _read_exactly(stream: Any, buf: memoryview) -> int:
+    """Fills ``buf`` from a pipe; returns the bytes read (fewer only at end of stream)."""
+    got = 0
+    while got < len(buf):
+        n = stream.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+# ---------------------------------------------------------------------------------------
+# readers
+# ---------------------------------------------------------------------------------------
+
+
+class VideoReader:
+    """Iterates over the frames of a video file as ``(H, W, 3)`` uint8 RGB arrays.
+
+    ffmpeg decodes to ``rgb24`` on a pipe and one frame is read at a time, so memory
+    stays constant. High bit depths, alpha and grey are converted to 8-bit RGB by ffmpeg
+    (alpha is dropped, not composited); each conversion is logged once. Rotation from
+    the display matrix is applied, so frames have the display size of ``info``.
+
+    Errors are not swallowed: on exhaustion a non-zero exit status of ffmpeg, a
+    truncated last frame, or (with ``strict``) a demuxer report of a cut-off or damaged
+    file raises :class:`VideoError` with the file name and ffmpeg's stderr tail.
+    Stopping early (``break``, ``max_frames``, leaving the ``with`` block) ends ffmpeg
+    quietly.
+
+    Example::
+
+        with VideoReader("clip.mp4") as reader:
+            for frame in reader:
+                ...
+
+    Args:
+        path: video file.
+        max_frames: decode at most this many frames (None: all).
+        strict: run ffmpeg with ``-xerror`` so a decoding error stops it with a non-zero
+            status, and raise on damage reports. With False, damaged frames are skipped
+            as ffmpeg's decoder conceals them and damage is only logged as a warning,
+            so fewer frames than the container holds may be yielded.
+
+    Attributes:
+        info: the probed :class:`VideoInfo`.
+        frames_read: frames yielded so far.
+    """
+
+    def __init__(self, path: str | Path, *, max_frames: int | None = None, strict: bool = True) -> None:
+        if max_frames is not None and max_frames < 0:
+            raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+        self.path = Path(path)
+        self.max_frames = max_frames
+        self.strict = strict
+        self.frames_read = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: _StderrTail | None = None
+        self._done = False
+        self.info = probe(self.path)
+        self._frame_shape = (self.info.height, self.info.width, 3)
+        self._frame_bytes = self.info.height * self.info.width * 3
+        self._log_conversions()
+
+    @property
+    def returncode(self) -> int | None:
+        """ffmpeg's exit status once it has ended and been reaped, else None."""
+        return None if self._proc is None else self._proc.returncode
+
+    def _log_conversions(self) -> None:
+        """Logs once per kind what the conversion to 8-bit RGB changes."""
+        info = self.info
+        if info.bit_depth > 8:
+            log.warning("%s: %d-bit %s converted to 8-bit RGB", self.path, info.bit_depth, info.pix_fmt)
+        if info.has_alpha:
+            log.warning("%s: alpha channel dropped (%s read as RGB)", self.path, info.pix_fmt)
+        if info.is_grey:
+            log.info("%s: grey replicated to RGB (%s)", self.path, info.pix_fmt)
+        if info.rotation:
+            log.info("%s: rotated %d degrees clockwise for display", self.path, info.rotation)
+        if info.variable_frame_rate:
+            log.warning(
+                "%s: variable frame rate; frames are yielded as decoded and their timing is not kept",
+                self.path,
+            )
+
+    def _command(self) -> list[str]:
+        options: dict[str, Any] = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
+        if self.max_frames is not None:
+            options["frames:v"] = self.max_frames  # ffmpeg stops cleanly by itself
+        stream = ffmpeg.input(str(self.path.absolute()))[str(self.info.stream_index)]
+        flags = [*_QUIET, "-xerror"] if self.strict else list(_QUIET)
+        return stream.output("pipe:", **options).global_args(*flags).compile(cmd=ffmpeg_exe())
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._done:
+            raise StopIteration
+        if self.max_frames == 0:
+            self._done = True
+            raise StopIteration
+        if self._proc is None:
+            self._proc, self._stderr = _popen(
+                self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+            )
+        frame = np.empty(self._frame_shape, dtype=np.uint8)
+        got = _read_exactly(self._proc.stdout, memoryview(frame).cast("B"))
+        if got == self._frame_bytes:
+            self.frames_read += 1
+            return frame
+        self._finish(got)
+        raise StopIteration
+
+    def _finish(self, partial: int) -> None:
+        """At end of stream: reap ffmpeg and raise if the stream did not end cleanly."""
+        assert self._proc is not None and self._stderr is not None
+        self._done = True
+        rc = self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._stderr.join()
+        tail = self._stderr.text()
+        where = f"after {self.frames_read} frames"
+        if rc != 0:
+            raise VideoError(self.path, f"ffmpeg exited with status {rc} {where}:\n{tail}")
+        if partial:
+            raise VideoError(
+                self.path, f"truncated frame: {partial} of {self._frame_bytes} bytes {where}:\n{tail}"
+            )
+        if self._stderr.damage:
+            if self.strict:
+                raise VideoError(self.path, f"ffmpeg reported a damaged or cut-off file {where}:\n{tail}")
+            log.warning(
+                "%s: ffmpeg reported damage; frames may be missing: %s", self.path, self._stderr.damage[0]
+            )
+        if self.frames_read == 0:
+            raise VideoError(self.path, f"ffmpeg decoded no frames:\n{tail}")
+
+    def close(self) -> None:
+        """Stops ffmpeg if it is still running and reaps it; never raises."""
+        self._done = True
+        if self._proc is None:
+            return
+        if self._proc.stdout is not None:
+            # Close our end first: an ffmpeg blocked writing a frame then fails at once
+            # instead of waiting for a reader that will never come.
+            self._proc.stdout.close()
+        _stop(self._proc)
+        if self._stderr is not None:
+            self._stderr.join(timeout=_STOP_TIMEOUT_S)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_proc", None) is not None:
+            self.close()
+
+
+class FrameFolderReader:
+    """Iterates over a folder of PNG/JPEG frames with the interface of :class:`VideoReader`.
+
+    Args:
+        folder: directory of frames named in temporal order (see
+            :func:`tanet.frames.list_frames`; a gap in the numbering is an error).
+        fps: frame rate to report (a folder has none of its own).
+        max_frames: read at most this many frames (None: all).
+
+    Raises:
+        InputError: the folder has no frames or a missing frame (at construction), or a
+            frame is unreadable or differs in size from the first (while iterating); the
+            message names the frame.
+    """
+
+    def __init__(
+        self, folder: str | Path, *, fps: Fraction | int | str = Fraction(25), max_frames: int | None = None
+    ) -> None:
+        if max_frames is not None and max_frames < 0:
+            raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+        self.path = Path(folder)
+        self.max_frames = max_frames
+        self.frames_read = 0
+        self._frames = list_frames(self.path)
+        first = read_rgb(self._frames[0])
+        height, width = first.shape[:2]
+        rate = _as_fraction(fps)
+        self.info = VideoInfo(
+            path=self.path,
+            width=width,
+            height=height,
+            fps=rate,
+            num_frames=len(self._frames),
+            duration=float(len(self._frames) / rate),
+            codec=self._frames[0].suffix.lower().lstrip("."),
+            pix_fmt="rgb24",
+            bit_depth=8,
+            has_alpha=False,
+            is_grey=False,
+            rotation=0,
+            has_audio=False,
+            has_subtitles=False,
+            color_range=None,
+            color_space=None,
+            color_primaries=None,
+            color_transfer=None,
+        )
+        self._iter = iter(self._frames[: max_frames if max_frames is not None else len(self._frames)])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        path = next(self._iter)
+        frame = read_rgb(path)
+        expected = (self.info.height, self.info.width)
+        if frame.shape[:2] != expected:
+            raise InputError(
+                path,
+                f"frame is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                f"{self.info.width}x{self.info.height}",
+            )
+        self.frames_read += 1
+        return frame
+
+    def close(self) -> None:
+        """Stops the iteration (frames are read lazily, so nothing else to release)."""
+        self._iter = iter(())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_video(path: str | Path, **kwargs: Any) -> VideoReader | FrameFolderReader:
+    """Opens a frame folder (a directory) or a video file for reading.
+
+    Args:
+        path: directory of frames or video file.
+        **kwargs: passed to :class:`FrameFolderReader` or :class:`VideoReader`.
+    """
+    if Path(path).is_dir():
+        return FrameFolderReader(path, **kwargs)
+    return VideoReader(path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# writers
+# ---------------------------------------------------------------------------------------
+
+# Colour-matrix names of ffmpeg's -colorspace to those of the scale filter, which does the
+# RGB -> YUV conversion; tagging and converting with the same matrix keeps colours right.
+_SCALE_MATRIX = {
+    "bt709": "bt709",
+    "bt470bg": "bt470",
+    "smpte170m": "smpte170m",
+    "smpte240m": "smpte240m",
+    "fcc": "fcc",
+    "bt2020nc": "bt2020",
+    "bt2020c": "bt2020",
+}
+_RANGES = {"tv": "tv", "limited": "tv", "mpeg": "tv", "pc": "pc", "full": "pc", "jpeg": "pc"}
+_COLOR_KEYS = ("range", "space", "primaries", "transfer")
+_DEFAULT_COLOR = {"range": "tv", "space": "bt709", "primaries": "bt709", "transfer": "bt709"}
+# A subtitle codec that a container takes when the source's cannot be copied into it.
+_TEXT_SUBTITLES = {
+    ".mp4": "mov_text",
+    ".m4v": "mov_text",
+    ".mov": "mov_text",
+    ".mkv": "srt",
+    ".webm": "webvtt",
+}
+
+
+class VideoWriter:
+    """Encodes ``(H, W, 3)`` uint8 RGB frames to a video file through ffmpeg's stdin.
+
+    The file appears under its final name only when ffmpeg has exited 0: frames go to
+    ``.NAME.tmp-XXXX.SUFFIX`` beside it (the suffix picks the muxer), renamed on a clean
+    close. An exception in the ``with`` block or an ffmpeg failure kills ffmpeg and
+    removes the temporary file; ffmpeg failures raise :class:`VideoError` with its
+    stderr tail.
+
+    Encoding: ``codec`` (libx264 by default) with ``crf``/``preset`` (passed to libx264
+    and libx265 only) and ``pix_fmt`` yuv420p, or yuv444p when width or height is odd
+    (4:2:0 needs even sizes). RGB is converted to YUV with the matrix and range named in
+    ``color`` and tagged with them (BT.709 limited range when ``color`` is None), so
+    players and :class:`VideoReader` convert back with the same matrix.
+    ``lossless=True`` keeps RGB exactly: ffv1 for ``.mkv``, else libx264rgb at
+    ``-qp 0`` (exact but High 4:4:4 Predictive, which few players outside ffmpeg decode).
+
+    ``audio_from``: the audio streams of that file are copied without re-encoding, or
+    re-encoded (aac; opus for .webm) with a logged note when the container cannot hold
+    them; subtitles are copied, converted to the container's text format (mov_text for
+    mp4/mov, srt for mkv) or skipped with a logged note. Audio is not cut to the video.
+
+    Args:
+        path: output file; its suffix picks the container.
+        width: frame width.
+        height: frame height.
+        fps: exact frame rate (``Fraction(30000, 1001)``, an int, or "30000/1001").
+        audio_from: file whose audio (and subtitles) to copy, typically the source.
+        codec: ffmpeg video encoder.
+        crf: constant rate factor for libx264/libx265 (lower is better, 18 is visually
+            lossless for most content).
+        preset: libx264/libx265 speed preset.
+        lossless: exact RGB output (see above); ``codec`` and ``pix_fmt`` must be left
+            unset.
+        pix_fmt: output pixel format (default: yuv420p, or yuv444p for odd sizes).
+        color: ``range``/``space``/``primaries``/``transfer`` in ffmpeg's names (e.g.
+            ``VideoInfo.color`` of the source). Range and space also drive the RGB ->
+            YUV conversion, so when None (or "gbr", an RGB source's) they default to
+            "tv" and "bt709"; primaries and transfer are tagged only when given.
+        sample_aspect_ratio: pixel aspect ratio to tag (None: square pixels).
+        overwrite: replace an existing file instead of refusing.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        VideoError: ``audio_from`` is unreadable, or ffmpeg fails.
+        ValueError: invalid arguments, or a frame of the wrong shape or type.
+
+    Attributes:
+        frames_written: frames written so far.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: Fraction | int | str,
+        *,
+        audio_from: str | Path | None = None,
+        codec: str = "libx264",
+        crf: int = 18,
+        preset: str = "veryfast",
+        lossless: bool = False,
+        pix_fmt: str | None = None,
+        color: dict[str, str | None] | None = None,
+        sample_aspect_ratio: Fraction | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if width < 1 or height < 1:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        if not self.path.suffix:
+            raise ValueError(f"{self.path}: no file suffix to choose the container from")
+        if lossless and (codec != "libx264" or pix_fmt is not None):
+            raise ValueError("lossless=True picks the codec and pixel format; leave codec and pix_fmt unset")
+        if self.path.exists() and not overwrite:
+            raise OutputExistsError(self.path, "output exists (pass overwrite=True to replace it)")
+        self.width, self.height = width, height
+        self.fps = _as_fraction(fps)
+        self.overwrite = overwrite
+        self.frames_written = 0
+        self._frame_shape = (height, width, 3)
+        self._video_options, self._scale = self._encoder_options(codec, crf, preset, lossless, pix_fmt, color)
+        self._sar = sample_aspect_ratio
+        self._audio_from = Path(audio_from) if audio_from is not None else None
+        self._side_streams = self._plan_side_streams(self._audio_from) if self._audio_from is not None else []
+        self._tmp: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: _StderrTail | None = None
+        self._closed = False
+
+    # -- planning ------------------------------------------------------------------------
+
+    def _encoder_options(
+        self,
+        codec: str,
+        crf: int,
+        preset: str,
+        lossless: bool,
+        pix_fmt: str | None,
+        color: dict[str, str | None] | None,
+    ) -> tuple[dict[str, Any], dict[str, str] | None]:
+        """Output options of the video stream, and the scale filter's RGB -> YUV options
+        (None when the output stays RGB)."""
+        if lossless:
+            if self.path.suffix.lower() == ".mkv":
+                return {"c:v": "ffv1", "level": 3}, None  # ffv1 picks an RGB format itself
+            return {"c:v": "libx264rgb", "qp": 0, "preset": preset, "pix_fmt": "rgb24"}, None
+        if pix_fmt is None:
+            pix_fmt = "yuv420p"
+            if self.width % 2 or self.height % 2:
+                pix_fmt = "yuv444p"
+                log.info(
+                    "%s: odd size %dx%d; encoding yuv444p (4:2:0 needs even sizes)",
+                    self.path,
+                    self.width,
+                    self.height,
+                )
+        options: dict[str, Any] = {"c:v": codec, "pix_fmt": pix_fmt}
+        if codec in ("libx264", "libx265"):
+            options.update(crf=crf, preset=preset)
+        if not pix_fmt.startswith(("yuv", "nv")):
+            return options, None
+        tags = _color_tags(color)
+        names = {
+            "range": "color_range",
+            "space": "colorspace",
+            "primaries": "color_primaries",
+            "transfer": "color_trc",
+        }
+        options.update({names[k]: v for k, v in tags.items() if v is not None})
+        return options, {"out_color_matrix": _SCALE_MATRIX[tags["space"]], "out_range": tags["range"]}
+
+    def _plan_side_streams(self, source: Path) -> list[tuple[str, str]]:
+        """Chooses how to carry the audio and subtitles of ``source``: (selector, codec)."""
+        info = probe(source)
+        suffix = self.path.suffix.lower()
+        plan: list[tuple[str, str]] = []
+        if info.has_audio:
+            if _can_mux(source, "a", "copy", suffix):
+                plan.append(("a", "copy"))
+            else:
+                fallback = "libopus" if suffix == ".webm" else "aac"
+                if not _can_mux(source, "a", fallback, suffix):
+                    raise VideoError(
+                        source, f"its audio ({', '.join(info.audio_codecs)}) cannot go into a {suffix} file"
+                    )
+                log.warning(
+                    "%s: audio %s cannot be stream-copied into %s; re-encoding to %s",
+                    source,
+                    ",".join(info.audio_codecs),
+                    suffix,
+                    fallback,
+                )
+                plan.append(("a", fallback))
+        else:
+            log.info("%s: no audio stream to copy", source)
+        if info.has_subtitles:
+            text_codec = _TEXT_SUBTITLES.get(suffix)
+            if _can_mux(source, "s", "copy", suffix):
+                plan.append(("s", "copy"))
+            elif text_codec and _can_mux(source, "s", text_codec, suffix):
+                log.info("%s: subtitles converted to %s for %s", source, text_codec, suffix)
+                plan.append(("s", text_codec))
+            else:
+                log.warning(
+                    "%s: subtitles (%s) cannot go into %s; skipped",
+                    source,
+                    ",".join(info.subtitle_codecs),
+                    suffix,
+                )
+        return plan
+
+    def _command(self) -> list[str]:
+        video = ffmpeg.input(
+            "pipe:",
+            format="rawvideo",
+            pix_fmt="rgb24",
+            s=f"{self.width}x{self.height}",
+            framerate=str(self.fps),
+        )
+        if self._sar is not None:
+            video = video.filter("setsar", sar=f"{self._sar.numerator}/{self._sar.denominator}", max=10000)
+        if self._scale is not None:
+            video = video.filter("scale", **self._scale)
+        streams = [video]
+        options = dict(self._video_options)
+        if self._side_streams and self._audio_from is not None:
+            source = ffmpeg.input(str(self._audio_from.absolute()))
+            for selector, codec in self._side_streams:
+                streams.append(source[selector])
+                options[f"c:{selector}"] = codec
+        if self.path.suffix.lower() in (".mp4", ".m4v", ".mov"):
+            options["movflags"] = "+faststart"  # index first: playable while downloading
+        assert self._tmp is not None
+        out = ffmpeg.output(*streams, str(self._tmp.absolute()), **options).global_args(*_QUIET)
+        return out.compile(cmd=ffmpeg_exe(), overwrite_output=True)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent
+        )
+        os.close(fd)  # the name is reserved; ffmpeg overwrites the empty file (-y)
+        self._tmp = Path(tmp)
+        self._proc, self._stderr = _popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Appends one frame.
+
+        Args:
+            frame: ``(H, W, 3)`` uint8 RGB array of the size given at construction.
+
+        Raises:
+            ValueError: wrong shape or dtype, or the writer is closed.
+            VideoError: ffmpeg stopped (its stderr tail says why).
+        """
+        if self._closed:
+            raise ValueError(f"{self.path}: write() on a closed VideoWriter")
+        if not isinstance(frame, np.ndarray) or frame.shape != self._frame_shape or frame.dtype != np.uint8:
+            got = f"{frame.shape} {frame.dtype}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(f"{self.path}: expected a {self._frame_shape} uint8 RGB frame, got {got}")
+        if self._proc is None:
+            self._start()
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        except (BrokenPipeError, ValueError):
+            rc = self._proc.wait()
+            assert self._stderr is not None
+            self._stderr.join()
+            raise VideoError(
+                self.path,
+                f"ffmpeg stopped (status {rc}) at frame {self.frames_written}:\n{self._stderr.text()}",
+            ) from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finishes the file: waits for ffmpeg and renames the output into place.
+
+        Raises:
+            VideoError: no frame was written or ffmpeg failed; nothing is left behind.
+            OutputExistsError: the output appeared meanwhile and ``overwrite`` is False.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc is None:
+            raise VideoError(self.path, "no frames were written; no video created")
+        assert self._proc.stdin is not None and self._stderr is not None and self._tmp is not None
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+            rc = self._proc.wait()
+            self._stderr.join()
+            if rc != 0:
+                raise VideoError(
+                    self.path,
+                    f"ffmpeg exited with status {rc} after {self.frames_written} frames:\n{self._stderr.text()}",
+                )
+            if self.path.exists() and not self.overwrite:
+                raise OutputExistsError(
+                    self.path, "output appeared while writing (pass overwrite=True to replace it)"
+                )
+            os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Kills ffmpeg and removes the temporary file; the final path is not touched."""
+        self._closed = True
+        if self._proc is not None:
+            if self._proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    self._proc.stdin.close()
+            self._proc.kill()
+            self._proc.wait()
+        if self._stderr is not None:
+            self._stderr.join(timeout=_STOP_TIMEOUT_S)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() must not publish a file nor leave ffmpeg
+        # waiting on its stdin.
+        if not getattr(self, "_closed", True):
+            self.abort()
+
+
+class FrameFolderWriter:
+    """Writes frames as ``00000000.png``, ``00000001.png``, ... into a folder, atomically.
+
+    Frames go into a temporary sibling folder (:func:`tanet.atomic.atomic_dir`) that
+    replaces ``path`` only when the ``with`` block ends without an exception.
+
+    Args:
+        path: output folder.
+        width: frame width.
+        height: frame height.
+        overwrite: replace an existing folder instead of refusing.
+        png_compression: zlib level (PNG stays lossless at every level).
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+
+    def __init__(
+        self, path: str | Path, width: int, height: int, *, overwrite: bool = False, png_compression: int = 1
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise OutputExistsError(self.path, "output exists (pass overwrite=True to replace it)")
+        self._frame_shape = (height, width, 3)
+        self._png_compression = png_compression
+        self.frames_written = 0
+        self._stack = contextlib.ExitStack()
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> Self:
+        self._tmp = self._stack.enter_context(atomic_dir(self.path))
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        """Appends one frame (see :meth:`VideoWriter.write`)."""
+        if self._tmp is None:
+            raise ValueError(f"{self.path}: use FrameFolderWriter in a with-block")
+        if not isinstance(frame, np.ndarray) or frame.shape != self._frame_shape or frame.dtype != np.uint8:
+            got = f"{frame.shape} {frame.dtype}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(f"{self.path}: expected a {self._frame_shape} uint8 RGB frame, got {got}")
+        write_rgb(self._tmp / f"{self.frames_written:08d}.png", frame, png_compression=self._png_compression)
+        self.frames_written += 1
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self._tmp = None
+        if exc_type is None and self.frames_written == 0:
+            exc = InputError(self.path, "no frames were written; no folder created")
+            self._stack.__exit__(type(exc), exc, None)
+            raise exc
+        return self._stack.__exit__(exc_type, exc, tb)
+
+
+def _color_tags(color: dict[str, str | None] | None) -> dict[str, str | None]:
+    """Validates the writer's colour tags; the range and matrix always get a value."""
+    if color is None:
+        return dict(_DEFAULT_COLOR)
+    unknown = set(color) - set(_COLOR_KEYS)
+    if unknown:
+        raise ValueError(f"unknown color key(s) {sorted(unknown)}; expected {list(_COLOR_KEYS)}")
+    tags = {k: color.get(k) for k in _COLOR_KEYS}
+    tags["range"] = _RANGES.get(tags["range"] or "tv")
+    if tags["range"] is None:
+        raise ValueError(f"color['range'] must be one of {sorted(_RANGES)}, got {color['range']!r}")
+    # An RGB source reports "gbr" (no YUV matrix); encoding it to YUV needs one.
+    if tags["space"] in (None, "gbr", "unknown"):
+        tags["space"] = "bt709"
+    if tags["space"] not in _SCALE_MATRIX:
+        raise ValueError(f"color['space'] must be one of {sorted(_SCALE_MATRIX)}, got {tags['space']!r}")
+    return tags
+
+
+def _can_mux(source: Path, selector: str, codec: str, suffix: str) -> bool:
+    """Tries putting one second of a source's audio or subtitles into a ``suffix`` file.
+
+    Which codecs a container accepts is the muxer's business and changes between ffmpeg
+    versions; asking this ffmpeg costs a fraction of a second and is never out of date.
+    """
+    with tempfile.TemporaryDirectory(prefix="tanet-mux-") as tmp:
+        out = ffmpeg.input(str(source.absolute()))[selector].output(
+            str(Path(tmp) / f"check{suffix}"), t=1, **{f"c:{selector}": codec}
+        )
+        cmd = out.global_args(*_QUIET).compile(cmd=ffmpeg_exe(), overwrite_output=True)
+        proc = subprocess.run(
+            cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S
+        )
+    return proc.returncode == 0
+
+
+def _as_fraction(fps: Fraction | int | str) -> Fraction:
+    """Exact frame rate; floats are refused because 29.97 is not 30000/1001."""
+    if isinstance(fps, float):
+        raise TypeError(f"pass fps as a Fraction, int or 'num/den' string, not float {fps!r}")
+    rate = Fraction(fps)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    return rate
