@@ -1,9 +1,24 @@
-"""Shared plumbing of the stage flows: environment, task runners, the Prefect mapper."""
+"""Shared plumbing of the stage flows: environment, task runners, the Prefect mapper.
+
+Start-up cost: with no ``PREFECT_API_URL``, Prefect's ephemeral mode starts a temporary API
+server (uvicorn running ``prefect.server.api.server:create_app``) when the flow first calls
+the API, after the stage process has imported everything, and the client process also
+imports the whole server package to do so (~7 s here). This module starts that same
+temporary server itself, first thing, so it boots while the stage imports torch and
+tanet, and points ``PREFECT_API_URL`` at it; the server is stopped when the stage exits.
+Measured per stage on 2 cores: see ``benchmarks/bench_pipeline.py`` and the README. With a
+real server (``PREFECT_API_URL`` set, e.g. ``tanet serve``) nothing is started.
+"""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +41,66 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TemporaryServer:
+    """Prefect's ephemeral API server, started early in a subprocess and stopped at exit."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        """Launches uvicorn on a free port and exports ``PREFECT_API_URL`` for this process."""
+        port = _free_port()
+        env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.url = f"http://127.0.0.1:{port}/api"
+        os.environ["PREFECT_API_URL"] = self.url
+        atexit.register(self.stop)
+
+    def wait(self, timeout: float = 90.0) -> None:
+        """Blocks until the server answers its health check (or fails clearly)."""
+        import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise SystemExit(f"temporary Prefect server exited with status {self.proc.returncode}: {err[-800:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"temporary Prefect server at {self.url} not ready after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Terminates the server (idempotent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 prefect_env()
+_SERVER: TemporaryServer | None = None
+if not os.environ.get("PREFECT_API_URL") and os.environ.get("TANET_EPHEMERAL", "early") == "early":
+    _SERVER = TemporaryServer()
+    _SERVER.start()
 
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -88,4 +162,6 @@ def run_flow(flow_obj: Any, task_runner: str | None, **kwargs: Any) -> Any:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if _SERVER is not None:
+        _SERVER.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     return flow_obj.with_options(task_runner=make_task_runner(task_runner))(**kwargs)

@@ -1,0 +1,197 @@
+"""The ``tanet`` command.
+
+Every subcommand parses its arguments and calls one library function. Errors about inputs
+(a missing file, a bad parameter, a model URI that does not resolve) print one line,
+``tanet: error: ...``, and exit with status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from tanet.errors import TanetError
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe: +inf PSNR (identical frames) becomes the string "inf"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else "-inf" if obj < 0 else "nan"
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Writes a preset's params.yaml (with ``--set key=value`` overrides)."""
+    import yaml
+
+    from tanet.atomic import atomic_write_text
+    from tanet.config import dump_params, preset_params
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TanetError(f"--set expects key=value, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    text = dump_params(preset_params(args.preset, overrides))
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(args.output, text)
+        print(f"wrote {args.output} (preset {args.preset})")
+    return 0
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    """``tanet degrade --kind BI|BD --scale R IN_DIR OUT_DIR``."""
+    from tanet.degrade import degrade_folder
+
+    n = degrade_folder(args.in_dir, args.out_dir, args.kind, args.scale, sigma=args.sigma, kernel_size=args.kernel_size)
+    print(json.dumps({"frames": n, "kind": args.kind, "scale": args.scale, "out": str(args.out_dir)}))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """``tanet metrics --sr DIR --gt DIR [--crop N]``: per-frame and mean Y-PSNR/SSIM as JSON."""
+    from tanet.metrics import evaluate_folders
+
+    print(json.dumps(_finite(evaluate_folders(args.sr, args.gt, crop=args.crop)), indent=2))
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """``tanet upscale IN OUT [--model URI|PATH] ...``."""
+    from tanet.upscale import upscale_video
+
+    report = upscale_video(
+        args.input, args.output, args.model, tile=args.tile, device=args.device, precision=args.precision,
+        weights_video=args.weights_video, overwrite=args.overwrite, codec=args.codec, crf=args.crf,
+        preset=args.preset, lossless=args.lossless, progress=not args.quiet, max_frames=args.max_frames,
+    )
+    print(json.dumps(report.__dict__))
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    """``tanet export-onnx OUT.onnx [--model URI|PATH]``."""
+    from tanet.onnx_export import export_onnx
+    from tanet.upscale import resolve_model
+
+    path = export_onnx(resolve_model(args.model), args.output, opset=args.opset, check=not args.no_check)
+    print(json.dumps({"onnx": str(path)}))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """``tanet register --model-dir DIR --eval eval.json``: register existing weights anywhere."""
+    from tanet.registry import register_model, write_registration
+
+    record = register_model(args.model_dir, json.loads(Path(args.eval).read_text()), model_name=args.name,
+                            metric=args.metric, min_gain=args.min_gain)
+    if args.output:
+        write_registration(args.output, record)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_import_run(args: argparse.Namespace) -> int:
+    """``tanet import-run DIR``: log a model folder trained without MLflow (e.g. on a GPU box)."""
+    from tanet.tracking_import import import_run
+
+    print(json.dumps(import_run(args.model_dirs, experiment=args.experiment), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    ap = argparse.ArgumentParser(prog="tanet", description="Video super-resolution that learns temporal dynamics.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("params", help="write a preset's params.yaml")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
+    p.add_argument("-o", "--output", default="params.yaml", help="file to write, or - for stdout")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("degrade", help="BI/BD-degrade a folder of frames")
+    p.add_argument("--kind", required=True, choices=["BI", "BD"])
+    p.add_argument("--scale", required=True, type=int, choices=[2, 3, 4])
+    p.add_argument("--sigma", type=float, default=1.6, help="BD Gaussian sigma")
+    p.add_argument("--kernel-size", type=int, default=13, help="BD kernel side")
+    p.add_argument("in_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(func=cmd_degrade)
+
+    p = sub.add_parser("metrics", help="Y-PSNR/SSIM of SR frames against ground truth (JSON)")
+    p.add_argument("--sr", required=True, type=Path)
+    p.add_argument("--gt", required=True, type=Path)
+    p.add_argument("--crop", type=int, default=0, help="border crop in pixels")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("upscale", help="upscale a video or frame folder with a trained model")
+    p.add_argument("input", type=Path, help="video file or frame folder")
+    p.add_argument("output", type=Path, help="video file (suffix picks the container) or frame folder")
+    p.add_argument("--model", default=None, help="models:/NAME@ALIAS, runs:/ID/model, or a path (default: models:/tanet@champion)")
+    p.add_argument("--tile", type=int, default=0, help="LR tile side for the SR network (0: whole frames)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--weights-video", type=Path, default=None, help="also write the temporal weight maps as a video")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--codec", default="libx264")
+    p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--preset", default="veryfast", help="encoder speed preset")
+    p.add_argument("--lossless", action="store_true", help="lossless output (ffv1 in .mkv, else x264 RGB)")
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("export-onnx", help="export the model's network to ONNX (checked against PyTorch)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--model", default=None, help="as for upscale")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("register", help="register trained weights in an MLflow registry")
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--eval", required=True, type=Path, help="eval.json of the model")
+    p.add_argument("--name", default="tanet")
+    p.add_argument("--metric", default="psnr", choices=["psnr", "ssim"])
+    p.add_argument("--min-gain", type=float, default=0.0)
+    p.add_argument("-o", "--output", type=Path, default=None, help="write the registration record here")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("import-run", help="log model folders trained without MLflow into MLflow")
+    p.add_argument("model_dirs", nargs="+", type=Path)
+    p.add_argument("--experiment", default="tanet")
+    p.set_defaults(func=cmd_import_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tanet`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (TanetError, FileExistsError) as err:
+        print(f"tanet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tanet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

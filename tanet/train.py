@@ -46,24 +46,22 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tanet.atomic import atomic_dir, atomic_write_json
-from tanet.config import OptimParams, Params, load_params, model_config_from_dict
+from tanet.atomic import atomic_dir
+from tanet.config import OptimParams, Params, load_params
 from tanet.data.dataset import LoaderState, PatchLoader
 from tanet.data.patches import read_patch_manifest
 from tanet.data.valset import ValClip, load_val_clips, window
 from tanet.degrade import imresize
 from tanet.errors import TanetError
 from tanet.metrics import psnr
-from tanet.models import SRBranch, VSRNet
+from tanet.modelio import CKPT_WEIGHTS, MODEL_META, BranchModel, write_model_dir
+from tanet.models import VSRNet
 from tanet.models.vsr import ModelConfig
 from tanet.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 CKPT_STATE = "state.pt"
-CKPT_WEIGHTS = "model.safetensors"
-MODEL_META = "model.json"
-HISTORY = "history.json"
 
 
 @dataclass(frozen=True)
@@ -81,21 +79,6 @@ class Job:
     def name(self) -> str:
         """``branch_<i>`` or ``joint``."""
         return f"branch_{self.branch}" if self.kind == "branch" else "joint"
-
-
-class BranchModel(nn.Module):
-    """Branch B_i alone: takes the whole window and uses its centre 2i-1 frames."""
-
-    def __init__(self, cfg: ModelConfig, branch: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.index = branch
-        self.branch = SRBranch(cfg.branch, 2 * branch - 1, cfg.channels, cfg.scale)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, 2N-1, C, h, w)`` -> ``(B, C, r h, r w)``."""
-        centre = frames.shape[1] // 2
-        return self.branch(frames[:, centre - (self.index - 1) : centre + self.index])
 
 
 def build_model(job: Job) -> nn.Module:
@@ -396,32 +379,6 @@ def run_job(
         tracker.log_artifact(out_dir, "model")
         tracker.log_artifact(ckpt_dir, "checkpoint")
     return metrics
-
-
-def write_model_dir(out_dir: Path, model: nn.Module, job: Job, meta: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    """Writes ``model.safetensors``, ``model.json`` and ``history.json`` into a folder, atomically."""
-    with atomic_dir(out_dir) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
-        atomic_write_json(tmp / MODEL_META, {"format": 1, "kind": job.kind, "branch": job.branch,
-                                              "model": job.model.to_dict(), **meta})
-        atomic_write_json(tmp / HISTORY, history)
-
-
-def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a model folder written by :func:`write_model_dir` (joint or branch)."""
-    path = Path(path)
-    meta_path = path / MODEL_META
-    if not meta_path.is_file():
-        raise TanetError(f"{path}: not a tanet model folder ({MODEL_META} missing)")
-    meta = json.loads(meta_path.read_text())
-    cfg = model_config_from_dict(meta["model"])
-    model: nn.Module = BranchModel(cfg, int(meta["branch"])) if meta["kind"] == "branch" else VSRNet(cfg)
-    weights = load_file(str(path / CKPT_WEIGHTS))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise TanetError(f"{path / CKPT_WEIGHTS}: weights do not fit the model config in {MODEL_META}: {str(err).splitlines()[0]}") from None
-    return model.to(device).eval(), meta
 
 
 # -- stages -------------------------------------------------------------------------------

@@ -805,6 +805,8 @@ class VideoWriter:
             "tv" and "bt709"; primaries and transfer are tagged only when given.
         sample_aspect_ratio: pixel aspect ratio to tag (None: square pixels).
         overwrite: replace an existing file instead of refusing.
+        audio_duration: copy only the first this-many seconds of ``audio_from`` (to match a
+            video cut from the start of the source); None copies all of it.
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -831,6 +833,7 @@ class VideoWriter:
         color: dict[str, str | None] | None = None,
         sample_aspect_ratio: Fraction | None = None,
         overwrite: bool = False,
+        audio_duration: float | None = None,
     ) -> None:
         self.path = Path(path)
         if width < 1 or height < 1:
@@ -849,6 +852,7 @@ class VideoWriter:
         self._video_options, self._scale = self._encoder_options(codec, crf, preset, lossless, pix_fmt, color)
         self._sar = sample_aspect_ratio
         self._audio_from = Path(audio_from) if audio_from is not None else None
+        self._audio_duration = audio_duration
         self._side_streams = self._plan_side_streams(self._audio_from) if self._audio_from is not None else []
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -952,7 +956,8 @@ class VideoWriter:
         streams = [video]
         options = dict(self._video_options)
         if self._side_streams and self._audio_from is not None:
-            source = ffmpeg.input(str(self._audio_from.absolute()))
+            trim = {"t": f"{self._audio_duration:.6f}"} if self._audio_duration is not None else {}
+            source = ffmpeg.input(str(self._audio_from.absolute()), **trim)
             for selector, codec in self._side_streams:
                 streams.append(source[selector])
                 options[f"c:{selector}"] = codec

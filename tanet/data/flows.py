@@ -2,7 +2,7 @@
 
 For every LR set, clip and reference frame t, flows to the frames t-(N-1) .. t+(N-1)
 (t excluded) are stored compactly as float16 in ``<out>/<lr set>/<clip_id>.npz``, with the
-rectified integer shifts of the block grid (``block = patches.patch_size``) as int16.
+rectified integer shifts of a block grid (``flow.block``) as int16.
 Neighbour indices are clamped at the clip's ends, as the upscaler replicates edge frames;
 a neighbour clamped onto the reference itself has zero flow.
 
@@ -87,7 +87,7 @@ def run_flow(params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mappe
     """Computes flows for every (LR set, clip).
 
     Args:
-        params: pipeline params (``flow``, ``degrade``, ``model.num_branches``, ``patches.patch_size``).
+        params: pipeline params (``flow``, ``degrade``, ``model.num_branches``).
         clips_dir: ingest output (for the clip list).
         lr_dir: degrade output.
         out_dir: this stage's output folder (replaced whole on success).
@@ -105,7 +105,7 @@ def run_flow(params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mappe
             name, clip_id = job
             return flow_clip(
                 lr_dir / name / clip_id, tmp / name / f"{clip_id}.npz", params.model.num_branches,
-                params.patches.patch_size, params.flow.method, params.flow.dis_preset,
+                params.flow.block, params.flow.method, params.flow.dis_preset,
             )
 
         results = mapper(run, jobs, [f"{n}/{c}" for n, c in jobs])

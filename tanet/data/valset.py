@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tanet.align.rof import apply_block_shifts
+from tanet.align.rof import apply_block_shifts, block_shifts
 from tanet.config import Params
 from tanet.data.flows import load_flows, neighbour_offsets
 from tanet.data.ingest import read_manifest
@@ -81,7 +81,8 @@ def load_val_clips(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path
             flows = load_flows(flow_dir / name / f"{rec.clip_id}.npz")
             if not np.array_equal(flows["offsets"], neighbour_offsets(model.num_branches)):
                 raise TanetError(f"{rec.clip_id}: flow offsets do not match model.num_branches")
-            shifts, block = flows["shifts"].astype(np.int32), int(flows["block"])
+            # Block shifts for the model's block (= patch size), from the stored flows.
+            shifts = np.stack([np.stack([block_shifts(f.astype(np.float32), block) for f in per_t]) for per_t in flows["flow"]])
         out.append(ValClip(rec.clip_id, lr, hr_y, frames, shifts, block))
     if not out:
         raise TanetError("no validation clip in the manifest (ingest.val_clips)")
