@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TanetError, FileExistsError) as err:
         print(f"tanet: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. a full disk or a read-only file system, named by the OS
+        print(f"tanet: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tanet: interrupted", file=sys.stderr)
         return 130

@@ -51,15 +51,17 @@ def export_onnx(model_dir: Path, output: Path, opset: int = 18, check: bool = Tr
         raise TanetError(f"{model_dir}: only joint models export to ONNX")
     module = _FullFrame(net).eval()
     cfg = net.cfg
-    example = torch.rand(1, cfg.num_frames, cfg.channels, 2 * cfg.align_block, 2 * cfg.align_block)
+    # Batch 2 and sizes that are not multiples of the SAN block, so the exporter keeps batch,
+    # H and W symbolic (it specialises 1-sized dims and would drop the padding path).
+    example = torch.rand(2, cfg.num_frames, cfg.channels, 2 * cfg.align_block + 5, 3 * cfg.align_block + 3)
+    dims = {0: torch.export.Dim("batch", min=1, max=1024), 3: torch.export.Dim("height", min=8, max=16384),
+            4: torch.export.Dim("width", min=8, max=16384)}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     with torch.no_grad():
-        torch.onnx.export(
-            module, (example,), str(tmp), input_names=["window"], output_names=["sr"], opset_version=opset,
-            dynamo=False, dynamic_axes={"window": {0: "batch", 3: "height", 4: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}},
-        )
+        torch.onnx.export(module, (example,), str(tmp), input_names=["window"], output_names=["sr"], opset_version=opset,
+                          dynamo=True, dynamic_shapes={"window": dims}, external_data=False)
     if check:
         err = parity(module, tmp, cfg.num_frames, cfg.channels)
         if err > atol:

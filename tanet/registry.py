@@ -147,7 +147,7 @@ def register_model(model_dir: Path, eval_result: dict[str, Any], *, model_name: 
     champion_scores = None
     try:
         champ = client.get_model_version_by_alias(model_name, CHAMPION)
-        champion_version = champ.version
+        champion_version = str(champ.version)
         champion_scores = scores_from_tags(champ.tags, metric)
     except Exception:  # noqa: BLE001 - MLflow raises a generic error when the alias is unset
         pass

@@ -104,10 +104,11 @@ def _model_dir_of(path: Path, spec: str) -> Path:
 def _check_output(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(path, "output exists (pass --overwrite to replace it)")
-    parent = path.parent if path.suffix else path.parent
-    probe = parent
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(path, f"cannot write here ({probe} is not a directory)")
     if not os.access(probe, os.W_OK):
         raise InputError(path, f"cannot write here ({probe} is not writable)")
 

@@ -142,11 +142,10 @@ class SpatialAlignmentNetwork(nn.Module):
         """
         self._check(ref, src)
         b, c, h, w = src.shape
-        nby, nbx = -(-h // block), -(-w // block)
+        nby, nbx = (h + block - 1) // block, (w + block - 1) // block  # ceil; exports as plain integer division
         pad = (0, nbx * block - w, 0, nby * block - h)
-        pairs = torch.cat([ref, src], dim=1)
-        if pad[1] or pad[3]:
-            pairs = F.pad(pairs, pad, mode="replicate")
+        # Always pad (possibly by zero): no data-dependent branch, so exported graphs keep H, W free.
+        pairs = F.pad(torch.cat([ref, src], dim=1), pad, mode="replicate")
         # (B, 2C, nby*bl, nbx*bl) -> (B*nby*nbx, 2C, bl, bl): every block is one batch item.
         tiles = pairs.view(b, 2 * c, nby, block, nbx, block).permute(0, 2, 4, 1, 3, 5)
         tiles = tiles.reshape(b * nby * nbx, 2 * c, block, block)

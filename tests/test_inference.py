@@ -1,0 +1,118 @@
+"""Whole-frame inference: tiling, edge windows, colour handling, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tanet.inference import StandaloneBranch, Upscaler, edge_window, receptive_radius, weight_map_image
+from tanet.modelio import BranchModel
+from tanet.models import VSRNet, tanet_l, tanet_s
+
+
+def _frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h + 8, w + 8, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[k % 4 : k % 4 + h, 0:w]) for k in range(n)]
+
+
+def _model(cfg) -> VSRNet:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    net = VSRNet(cfg).eval()
+    with torch.no_grad():  # non-trivial weights everywhere (the SAN head starts at zero)
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return net
+
+
+@pytest.mark.parametrize(
+    ("cfg", "tile"),
+    [
+        (tanet_s(alignment="none"), 16),
+        (tanet_s(alignment="rof", align_block=16), 13),
+        (tanet_s(alignment="san", align_block=16), 16),
+        (tanet_l(alignment="none"), 24),
+    ],
+)
+def test_tiled_equals_untiled(cfg, tile: int) -> None:  # type: ignore[no-untyped-def]
+    net = _model(cfg)
+    whole, tiled = Upscaler(net), Upscaler(net, tile=tile)
+    window = [whole.prepare(f) for f in _frames(cfg.num_frames, 45, 61)]
+    x = whole._network_input(window)
+    a, b = whole.network(x, want_all=True), tiled.network(x, want_all=True)
+    for key in ("sr", "branches", "weights"):
+        assert a[key].shape == b[key].shape
+        assert (a[key] - b[key]).abs().max() <= 1e-5, key
+
+
+def test_receptive_radius_covers_the_network() -> None:
+    """Changing pixels just outside the radius must not change the centre output pixel."""
+    cfg = tanet_s(alignment="none")
+    net = _model(cfg)
+    r = receptive_radius(cfg)
+    x = torch.rand(1, 5, 1, 41, 41)
+    y = x.clone()
+    y[..., : 20 - r - 1, :] = torch.rand_like(y[..., : 20 - r - 1, :])
+    with torch.no_grad():
+        a, b = net(x), net(y)
+    c = 4 * 20
+    assert torch.equal(a[..., c : c + 4, c : c + 4], b[..., c : c + 4, c : c + 4])
+
+
+def test_every_frame_is_upscaled_with_replicated_edges() -> None:
+    net = _model(tanet_s(alignment="none"))
+    up = Upscaler(net)
+    frames = _frames(7, 20, 24)
+    out = list(up.upscale_frames(iter(frames), want_weights=True))
+    assert len(out) == 7
+    assert out[0].rgb.shape == (80, 96, 3) and out[0].rgb.dtype == np.uint8
+    np.testing.assert_allclose(out[3].weights.sum(0), 1.0, atol=1e-5)
+    # The first frame's window replicates frame 0 for its missing past.
+    first = up.upscale_prepared([up.prepare(f) for f in [frames[0]] * 3 + frames[1:3]])
+    np.testing.assert_array_equal(first.rgb, out[0].rgb)
+    # A single-frame clip still gives one frame.
+    assert len(list(up.upscale_frames([frames[0]]))) == 1
+
+
+def test_edge_window_indices() -> None:
+    assert edge_window([], [0, 1, 2], 2) == [0, 0, 0, 1, 2]
+    assert edge_window([3, 4], [5], 2) == [3, 4, 5, 5, 5]
+    assert edge_window([1], [2, 3], 2) == [1, 1, 2, 3, 3]
+    assert edge_window([], [7], 0) == [7]
+
+
+def test_y_model_keeps_input_chroma_and_rgb_model_works() -> None:
+    net = _model(tanet_s(alignment="none"))
+    grey = [np.full((10, 12, 3), 128, np.uint8)] * 5
+    out = Upscaler(net).upscale_prepared([Upscaler(net).prepare(f) for f in grey]).rgb
+    # Neutral grey input: Cb = Cr = 128, so the output stays grey whatever Y the network says.
+    assert np.abs(out.astype(int)[..., 0] - out[..., 1]).max() <= 1
+    rgb_net = _model(tanet_s(color="rgb", alignment="none"))
+    res = list(Upscaler(rgb_net).upscale_frames(_frames(3, 9, 11)))
+    assert res[0].rgb.shape == (36, 44, 3)
+
+
+def test_standalone_branch_upscales() -> None:
+    cfg = tanet_s(alignment="rof", align_block=8)
+    branch = BranchModel(cfg, 2).eval()
+    up = Upscaler(StandaloneBranch(branch))
+    assert up.cfg.alignment == "rof"
+    out = list(up.upscale_frames(_frames(4, 16, 16)))
+    assert len(out) == 4 and out[0].rgb.shape == (64, 64, 3)
+
+
+def test_weight_map_colours() -> None:
+    w = np.zeros((3, 2, 2), np.float32)
+    w[0, 0, 0] = w[1, 0, 1] = w[2, 1, 0] = 1
+    w[:, 1, 1] = 1 / 3
+    img = weight_map_image(w)
+    assert img[0, 0].argmax() == 0 and img[0, 1].argmax() == 1 and img[1, 0].argmax() == 2
+
+
+def test_bad_frames_are_rejected() -> None:
+    up = Upscaler(_model(tanet_s(alignment="none")))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        up.prepare(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        Upscaler(_model(tanet_s(alignment="none")), precision="fp16")

@@ -1,0 +1,75 @@
+"""Registration as an MLflow pyfunc, the champion rule both ways, loading in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_model_dir
+from tanet.registry import champion_decision, register_model, scores_from_tags
+
+
+def _eval(ds: str, psnr: float) -> dict[str, dict[str, dict[str, float]]]:
+    return {ds: {"tanet": {"psnr": psnr, "ssim": 0.8}, "bicubic": {"psnr": psnr - 1, "ssim": 0.7}}}
+
+
+def test_champion_rule_is_pure_and_compares_like_with_like() -> None:
+    assert champion_decision({"heldout_BIx4": 30.0}, None, 0.0)[0]
+    assert champion_decision({"vid4_BIx4": 25.1, "heldout_BIx4": 20}, {"vid4_BIx4": 25.0, "heldout_BIx4": 30}, 0.0)[0]
+    promote, why = champion_decision({"vid4_BIx4": 25.0}, {"vid4_BIx4": 25.0}, 0.0)
+    assert not promote and "does not beat" in why
+    assert not champion_decision({"vid4_BIx4": 25.05}, {"vid4_BIx4": 25.0}, 0.1)[0]
+    promote, why = champion_decision({"vid4_BDx4": 30.0}, {"vid4_BIx4": 20.0}, 0.0)
+    assert not promote and "no dataset in common" in why
+    assert scores_from_tags({"eval.vid4_BIx4.tanet.psnr": "25.5", "eval.vid4_BIx4.bicubic.psnr": "23"}, "psnr") == {"vid4_BIx4": 25.5}
+
+
+def test_register_moves_champion_only_when_beaten(tmp_path: Path, mlflow_store: str) -> None:
+    import mlflow
+
+    kw = {"model_name": "tanet", "metric": "psnr", "min_gain": 0.0, "root": tmp_path}
+    first = register_model(make_model_dir(tmp_path / "m1", seed=1), _eval("heldout_BIx4", 30.0), **kw)
+    assert first["version"] == "1" and "champion" in first["aliases"]
+    worse = register_model(make_model_dir(tmp_path / "m2", seed=2), _eval("heldout_BIx4", 29.0), **kw)
+    assert worse["aliases"] == ["candidate"] and worse["champion_version"] == "1"
+    better = register_model(make_model_dir(tmp_path / "m3", seed=3), _eval("heldout_BIx4", 31.0), **kw)
+    assert "champion" in better["aliases"]
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("tanet", "champion").version) == "3"
+    assert str(client.get_model_version_by_alias("tanet", "candidate").version) == "3"
+    tags = client.get_model_version("tanet", "3").tags
+    assert tags["tanet.scale"] == "4" and tags["tanet.degradation"] == "BI"
+    assert float(tags["eval.heldout_BIx4.tanet.psnr"]) == 31.0
+    assert "tanet.git_commit" in tags and "tanet.params" in tags
+
+
+def test_pyfunc_loads_in_a_fresh_process(tmp_path: Path, mlflow_store: str) -> None:
+    register_model(make_model_dir(tmp_path / "m", alignment="rof"), _eval("heldout_BIx4", 30.0), model_name="tanet",
+                   metric="psnr", min_gain=0.0, root=tmp_path)
+    code = (
+        "import mlflow, numpy as np, json\n"
+        "m = mlflow.pyfunc.load_model('models:/tanet@champion')\n"
+        "x = np.random.default_rng(0).integers(0, 256, (3, 17, 23, 3), dtype=np.uint8)\n"
+        "y = m.predict(x)\n"
+        "sig = m.metadata.signature.inputs.to_dict()\n"
+        "print(json.dumps({'shape': list(y.shape), 'dtype': str(y.dtype), 'sig': sig}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["shape"] == [3, 68, 92, 3] and res["dtype"] == "uint8"
+    assert res["sig"][0]["tensor-spec"]["shape"] == [-1, -1, -1, 3]
+
+
+def test_register_refuses_a_branch_folder(tmp_path: Path, mlflow_store: str) -> None:
+    from tanet.errors import TanetError
+
+    d = make_model_dir(tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    meta["kind"] = "branch"
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TanetError, match="only joint models"):
+        register_model(d, _eval("heldout_BIx4", 1.0), model_name="tanet", metric="psnr", min_gain=0.0)

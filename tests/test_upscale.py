@@ -1,0 +1,112 @@
+"""`tanet upscale` end to end on real video: frame count, audio, sizes, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+import media_factory as mf
+from conftest import make_model_dir
+from tanet.frames import list_frames
+from tanet.video import count_frames, probe
+
+
+def _tanet(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tanet.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_video_with_audio_keeps_frames_fps_and_audio(tmp_path: Path, model_dir: Path) -> None:
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(40, 24), frames=12, fps=Fraction(30000, 1001))
+    out = tmp_path / "out.mp4"
+    weights = tmp_path / "weights.mp4"
+    res = _tanet("upscale", src, out, "--model", model_dir, "--weights-video", weights, "-q")
+    assert res.returncode == 0, res.stderr
+    info_in, info_out = probe(src), probe(out)
+    assert (info_out.width, info_out.height) == (160, 96)
+    assert count_frames(out) == count_frames(src) == 12
+    assert info_out.fps == Fraction(30000, 1001)
+    assert info_out.has_audio and info_out.audio_codecs == info_in.audio_codecs
+    assert abs(info_out.duration - info_in.duration) < 0.1
+    assert count_frames(weights) == 12 and not probe(weights).has_audio
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_odd_sizes_and_frame_folders(tmp_path: Path, model_dir: Path) -> None:
+    src = mf.odd_size_mp4(tmp_path / "odd.mp4", size=(33, 17))
+    res = _tanet("upscale", src, tmp_path / "odd_x4.mp4", "--model", model_dir, "--tile", "8", "-q")
+    assert res.returncode == 0, res.stderr
+    assert (probe(tmp_path / "odd_x4.mp4").width, probe(tmp_path / "odd_x4.mp4").height) == (132, 68)
+    folder = mf.frame_folder(tmp_path / "frames", frames=4, size=(15, 11))
+    res = _tanet("upscale", folder, tmp_path / "frames_x4", "--model", model_dir, "-q")
+    assert res.returncode == 0, res.stderr
+    assert len(list_frames(tmp_path / "frames_x4")) == 4
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path: Path, model_dir: Path) -> None:
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(16, 16), frames=3, audio=False)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    res = _tanet("upscale", src, out, "--model", model_dir, "-q")
+    assert res.returncode == 2 and "output exists" in res.stderr
+    assert out.read_bytes() == b"precious"
+    assert _tanet("upscale", src, out, "--model", model_dir, "--overwrite", "-q").returncode == 0
+    assert count_frames(out) == 3
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing", "does not exist"),
+        ("not_video", "not a readable video"),
+        ("unwritable", "not writable"),
+        ("not_a_dir", "is not a directory"),
+        ("bad_uri", "does not resolve"),
+        ("bad_path", "no such file"),
+        ("misfit_weights", "do not fit the model config"),
+        ("vfr", "variable frame rate"),
+    ],
+)
+def test_bad_inputs_give_one_clear_line(tmp_path: Path, model_dir: Path, case: str, needle: str) -> None:
+    good = mf.h264_mp4(tmp_path / "good.mp4", size=(16, 16), frames=3, audio=False)
+    src, out, model = good, tmp_path / "out.mp4", str(model_dir)
+    env_cwd = tmp_path
+    if case == "missing":
+        src = tmp_path / "nope.mp4"
+    elif case == "not_video":
+        src = mf.text_as_mp4(tmp_path / "text.mp4")
+    elif case == "unwritable":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out = ro / "out.mp4"
+        if __import__("os").access(ro, __import__("os").W_OK):
+            pytest.skip("running as a user that can write anywhere")
+    elif case == "not_a_dir":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out.mp4"
+    elif case == "bad_uri":
+        model = "models:/no-such-model@champion"
+    elif case == "bad_path":
+        model = str(tmp_path / "no-model")
+    elif case == "misfit_weights":
+        other = make_model_dir(tmp_path / "other", alignment="none")
+        meta = (other / "model.json").read_text().replace('"num_branches": 3', '"num_branches": 2')
+        (other / "model.json").write_text(meta)
+        model = str(other)
+    elif case == "vfr":
+        src = mf.vfr_mp4(tmp_path / "vfr.mp4")
+    res = subprocess.run(
+        [sys.executable, "-m", "tanet.cli", "upscale", str(src), str(out), "--model", model, "-q"],
+        capture_output=True, text=True, cwd=env_cwd,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"},
+    )
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("tanet: error:"), res.stderr
+    assert needle in lines[-1], lines[-1]
+    assert len([ln for ln in lines if "Traceback" in ln]) == 0
+    assert not out.exists()
