@@ -47,3 +47,17 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
     return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One `dvc repro` of the tiny preset in a fresh git repo, shared by the session's tests.
+
+    Plain `dvc repro` (Prefect in its temporary-server mode, the embedded SQLite MLflow
+    store): the README's main path.
+    """
+    from pipeline_repo import make_repo, run, tool_env
+
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", "tiny")
+    res = run(["dvc", "repro"], repo, tool_env())
+    return {"repo": repo, "log": res.stdout + res.stderr}

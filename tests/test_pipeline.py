@@ -1,0 +1,118 @@
+"""End to end: `dvc repro` on the tiny preset in a temporary git repo (real Prefect, DVC, MLflow)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_repo import run, tool_env
+from tanet.video import count_frames, probe
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["ingest", "degrade", "flow", "patches", "pretrain", "train", "evaluate", "register", "sample"]
+
+
+def _ran(log: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", log)
+
+
+def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    assert _ran(str(tiny_pipeline["log"])) == STAGES
+    assert (repo / "data/clips/manifest.parquet").is_file()
+    assert json.loads((repo / "data/clips/quarantine.json").read_text()) == []
+    assert json.loads((repo / "data/patches/manifest.json").read_text())["rows"] > 0
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert set(train) == {"pretrain", "joint"}
+    assert set(train["pretrain"]) == {"branch_1", "branch_2", "branch_3"}
+    assert {"val_psnr", "val_psnr_bicubic"} <= set(train["joint"])
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    methods = ev["heldout_BIx4"]
+    assert {"bicubic", "tanet", "branch_1", "branch_2", "branch_3", "tanet_branch_1", "tanet_align_none"} <= set(methods)
+    assert all({"psnr", "ssim"} <= set(v) for v in methods.values())
+    assert "tof" in methods["tanet"]
+    assert list((repo / "plots/eval").glob("*__crops.png")) and list((repo / "plots/eval").glob("*__psnr.png"))
+    assert "heldout_BIx4,bikes,tanet,0," in (repo / "metrics/eval_frames.csv").read_text()
+
+
+def test_second_repro_is_a_no_op(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    res = run(["dvc", "repro"], repo)
+    assert _ran(res.stdout) == []
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+
+
+def test_metrics_show_prints_the_tables(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    out = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    data = json.loads(out)
+    metrics = next(iter(data.values()))["data"]
+    assert "metrics/eval.json" in metrics and "metrics/train.json" in metrics
+
+
+def test_registered_champion_loads_in_a_fresh_process(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    record = json.loads((repo / "metrics/register.json").read_text())
+    assert record["version"] == "1" and "champion" in record["aliases"]
+    code = (
+        "import mlflow, numpy as np\n"
+        "from tanet.tracking import configure_mlflow\n"
+        "configure_mlflow()\n"
+        "m = mlflow.pyfunc.load_model('models:/tanet@champion')\n"
+        "y = m.predict(np.zeros((5, 12, 16, 3), np.uint8))\n"
+        "print(y.shape, y.dtype)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=tool_env(), capture_output=True, text=True, check=True)
+    assert "(5, 48, 64, 3) uint8" in out.stdout
+
+
+def test_sample_clip_is_upscaled_with_audio(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    lr, hr = repo / "data/sample/input_lr.mp4", repo / "data/sample/upscaled.mp4"
+    assert count_frames(lr) == count_frames(hr) > 0
+    assert probe(hr).has_audio and probe(lr).has_audio
+    assert (probe(hr).width, probe(hr).height) == (4 * probe(lr).width, 4 * probe(lr).height)
+
+
+def test_mlflow_has_a_parent_run_with_nested_stage_runs(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    code = (
+        "import json\n"
+        "from tanet.tracking import configure_mlflow\n"
+        "mlflow = configure_mlflow()\n"
+        "runs = mlflow.search_runs(experiment_names=['tanet'], output_format='list')\n"
+        "print(json.dumps([{'name': r.data.tags.get('mlflow.runName'), 'parent': r.data.tags.get('mlflow.parentRunId'),"
+        " 'id': r.info.run_id, 'metrics': sorted(r.data.metrics)} for r in runs]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=tool_env(), capture_output=True, text=True, check=True)
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    by_name = {r["name"]: r for r in runs}
+    parents = [r for r in runs if r["name"] == "pipeline"]
+    assert len(parents) == 1, "every stage of one dvc repro shares one parent run"
+    pid = parents[0]["id"]
+    for stage in ("pretrain", "train", "evaluate", "register"):
+        assert by_name[stage]["parent"] == pid
+    for i in (1, 2, 3):
+        assert by_name[f"branch_{i}"]["parent"] == by_name["pretrain"]["id"]
+        assert {"loss", "lr", "patches_per_s", "val_psnr"} <= set(by_name[f"branch_{i}"]["metrics"])
+    assert {"loss", "val_psnr", "val_psnr_bicubic"} <= set(by_name["train"]["metrics"])
+
+
+def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipeline: dict[str, object]) -> None:
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    from tanet.config import dump_params, load_params, set_key
+
+    data = set_key(load_params(repo / "params.yaml").to_dict(), "patches.seed", 7)
+    (repo / "params.yaml").write_text(dump_params(data))
+    res = run(["dvc", "repro"], repo)
+    assert _ran(res.stdout) == ["patches", "pretrain", "train", "evaluate", "register", "sample"]
+    for stage in ("ingest", "degrade", "flow"):
+        assert f"Stage '{stage}' didn't change, skipping" in res.stdout
+    record = json.loads((repo / "metrics/register.json").read_text())
+    assert record["version"] == "2"
