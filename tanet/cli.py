@@ -111,6 +111,55 @@ def cmd_import_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``tanet serve``: Prefect server, MLflow server, work pool, deployments, worker."""
+    import time
+
+    from tanet.services import serve
+    from tanet.tracking import repo_root
+
+    start = time.perf_counter()
+    svc = serve(repo_root(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port, deploy=not args.no_deploy,
+                worker=not args.no_worker, timeout=args.timeout)
+    print(f"# services up in {time.perf_counter() - start:.1f} s; use them with: eval $(tanet env)", file=sys.stderr)
+    for k, v in svc.env().items():
+        print(f"export {k}={v}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """``tanet stop``: stops what ``tanet serve`` started (worker first)."""
+    from tanet.services import stop
+    from tanet.tracking import repo_root
+
+    stopped = stop(repo_root())
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """``tanet env``: ``export`` lines for the running services."""
+    from tanet.services import read_state
+    from tanet.tracking import repo_root
+
+    svc = read_state(repo_root() / ".tanet" / "services")
+    if svc is None:
+        raise TanetError("no services running here (start them with `tanet serve`)")
+    for k, v in svc.env().items():
+        print(f"export {k}={v}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``tanet status``: health of the services."""
+    from tanet.services import status
+    from tanet.tracking import repo_root
+
+    st = status(repo_root())
+    print(json.dumps(st, indent=2))
+    return 0 if not st["running"] or (st["prefect_healthy"] and st["mlflow_healthy"]) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     ap = argparse.ArgumentParser(prog="tanet", description="Video super-resolution that learns temporal dynamics.")
@@ -175,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dirs", nargs="+", type=Path)
     p.add_argument("--experiment", default="tanet")
     p.set_defaults(func=cmd_import_run)
+
+    p = sub.add_parser("serve", help="start Prefect + MLflow servers, the work pool, deployments and a worker")
+    p.add_argument("--prefect-port", type=int, default=4200, help="0 = any free port")
+    p.add_argument("--mlflow-port", type=int, default=5000, help="0 = any free port")
+    p.add_argument("--no-deploy", action="store_true", help="do not apply prefect.yaml")
+    p.add_argument("--no-worker", action="store_true", help="do not start a worker")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("stop", help="stop the services started by `tanet serve`")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("env", help="print export lines for the running services")
+    p.set_defaults(func=cmd_env)
+    p = sub.add_parser("status", help="health of the services")
+    p.set_defaults(func=cmd_status)
     return ap
 
 

@@ -124,6 +124,42 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def new_parent_run(experiment: str, root: Path | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """Creates a pipeline parent run (for ``TANET_PARENT_RUN_ID``); returns its id."""
+    root = root or repo_root()
+    mlflow = configure_mlflow(root)
+    check_tracking_server()
+    exp_id = ensure_experiment(mlflow, experiment, root)
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp_id, tags={"mlflow.runName": "pipeline", "tanet.kind": "pipeline",
+                                          "tanet.git_commit": git_commit(root), **(tags or {})})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def check_tracking_server(timeout: float = 5.0) -> None:
+    """Fails fast with a clear message when ``MLFLOW_TRACKING_URI`` is an unreachable server.
+
+    (MLflow's own client would retry for minutes before giving up.)
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    from tanet.errors import TanetError
+
+    raise TanetError(f"MLflow tracking server {uri} is not reachable ({problem}); start it (`tanet serve`) or unset MLFLOW_TRACKING_URI")
+
+
 def parent_run_id(mlflow: Any, experiment_id: str, root: Path, tags: Mapping[str, str]) -> str:
     """The pipeline's parent run id (see the module docstring for the hand-over rules)."""
     env = os.environ.get(PARENT_ENV)
@@ -219,6 +255,7 @@ def stage_run(stage: str, params_dict: Mapping[str, Any] | None, *, experiment: 
         return
     root = root or repo_root()
     mlflow = configure_mlflow(root)
+    check_tracking_server()
     exp_id = ensure_experiment(mlflow, experiment, root)
     base_tags = {"tanet.git_commit": git_commit(root), **{k: str(v) for k, v in (tags or {}).items()}}
     parent = parent_run_id(mlflow, exp_id, root, base_tags)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,14 +54,26 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """One `dvc repro` of the tiny preset in a fresh git repo, shared by the session's tests.
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One run of the tiny preset, shared by the session's tests, the way a team runs it:
 
-    Plain `dvc repro` (Prefect in its temporary-server mode, the embedded SQLite MLflow
-    store): the README's main path.
+    `tanet serve` (real Prefect and MLflow servers on free ports, the `tanet` process work
+    pool, the deployments of prefect.yaml, a worker), then
+    `prefect deployment run train-tanet/train-tanet --param preset=tiny --watch`, whose flow
+    runs `dvc repro` with both servers passed on. `tanet stop` at the end of the session.
     """
     from pipeline_repo import make_repo, run, tool_env
 
     repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", "tiny")
-    res = run(["dvc", "repro"], repo, tool_env())
-    return {"repo": repo, "log": res.stdout + res.stderr}
+    t0 = time.perf_counter()
+    served = run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"], repo, tool_env())
+    serve_seconds = time.perf_counter() - t0
+    env = dict(line.removeprefix("export ").split("=", 1) for line in served.stdout.splitlines() if line.startswith("export "))
+    try:
+        t0 = time.perf_counter()
+        res = run(["prefect", "deployment", "run", "train-tanet/train-tanet", "--param", "preset=tiny", "--watch",
+                   "--watch-timeout", "2400"], repo, tool_env(env), timeout=2700)
+        yield {"repo": repo, "env": env, "log": res.stdout + res.stderr, "serve_seconds": serve_seconds,
+               "run_seconds": time.perf_counter() - t0}
+    finally:
+        run([sys.executable, "-m", "tanet.cli", "stop"], repo, tool_env())

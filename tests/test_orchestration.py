@@ -1,0 +1,112 @@
+"""Orchestration on real servers: the train-tanet deployment, services up and down, Dask fan-out."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_repo import make_repo, run, tool_env
+
+pytestmark = pytest.mark.slow
+
+STAGE_FLOWS = {"ingest", "degrade", "optical-flow", "patches", "pretrain", "train", "evaluate", "register", "sample"}
+
+
+def _py(code: str, cwd: Path, env: dict[str, str]) -> str:
+    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=tool_env(env), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def test_deployment_registers_a_new_version_on_the_mlflow_server(tiny_pipeline: dict[str, object]) -> None:
+    env: dict[str, str] = tiny_pipeline["env"]  # type: ignore[assignment]
+    code = (
+        "import json, mlflow\n"
+        "c = mlflow.MlflowClient()\n"
+        "v = c.get_model_version_by_alias('tanet', 'champion')\n"
+        "print(json.dumps({'version': str(v.version), 'scale': v.tags.get('tanet.scale'), 'uri': mlflow.get_tracking_uri()}))\n"
+    )
+    out = json.loads(_py(code, Path(tiny_pipeline["repo"]), env))  # type: ignore[arg-type]
+    assert out == {"version": "1", "scale": "4", "uri": env["MLFLOW_TRACKING_URI"]}
+
+
+def test_every_stage_is_a_flow_run_on_the_prefect_server(tiny_pipeline: dict[str, object]) -> None:
+    env: dict[str, str] = tiny_pipeline["env"]  # type: ignore[assignment]
+    code = (
+        "import json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    flows = {f.id: f.name for f in c.read_flows()}\n"
+        "    runs = [(flows[r.flow_id], r.state_name) for r in c.read_flow_runs()]\n"
+        "    arts = [a.key for a in c.read_artifacts()]\n"
+        "print(json.dumps({'runs': runs, 'artifacts': arts}))\n"
+    )
+    out = json.loads(_py(code, Path(tiny_pipeline["repo"]), env))  # type: ignore[arg-type]
+    runs = {name: state for name, state in out["runs"]}
+    assert STAGE_FLOWS | {"train-tanet"} <= set(runs)
+    assert all(state == "Completed" for state in runs.values()), runs
+    assert "tanet-training-run" in out["artifacts"] and "evaluation" in out["artifacts"]
+
+
+def _taken_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_serve_reports_taken_ports_and_stop_leaves_nothing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", "tiny")
+    holder = _taken_port()
+    port = holder.getsockname()[1]
+    try:
+        res = subprocess.run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", str(port)], cwd=repo,
+                             env=tool_env(), capture_output=True, text=True)
+        assert res.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in res.stderr
+    finally:
+        holder.close()
+    out = run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0", "--no-deploy",
+               "--no-worker"], repo)
+    state = json.loads((repo / ".tanet/services/services.json").read_text())
+    pids = list(state["pids"].values())
+    again = subprocess.run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"],
+                           cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "already running" in again.stderr
+    assert "export PREFECT_API_URL=" in out.stdout
+    status = json.loads(run([sys.executable, "-m", "tanet.cli", "status"], repo).stdout)
+    assert status["prefect_healthy"] and status["mlflow_healthy"]
+    run([sys.executable, "-m", "tanet.cli", "stop"], repo)
+    for pid in pids:  # whole process groups are gone (uvicorn/gunicorn children too)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    assert not (repo / ".tanet/services/services.json").exists()
+
+
+def test_mlflow_server_down_is_a_clear_error(tmp_path: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    code = "from tanet.tracking import new_parent_run; new_parent_run('tanet')"
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env=tool_env({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}))
+    assert res.returncode != 0 and f"MLflow tracking server http://127.0.0.1:{port} is not reachable" in res.stderr
+
+
+def test_preprocessing_fans_out_on_a_dask_cluster(tiny_pipeline: dict[str, object], tmp_path: Path) -> None:
+    pytest.importorskip("prefect_dask")
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    out = tmp_path / "lr"
+    run([sys.executable, "-m", "flows.degrade", "--params", "params.yaml", "--clips", "data/clips", "--out", str(out),
+         "--task-runner", "dask"], repo, tool_env())
+    ref = sorted(p.relative_to(repo / "data/lr") for p in (repo / "data/lr").rglob("*.png"))
+    got = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert got == ref and ref
+    for rel in ref[:5]:
+        assert (out / rel).read_bytes() == (repo / "data/lr" / rel).read_bytes()
