@@ -22,6 +22,13 @@ def pretrain_flow(params_path: str, clips: str, lr: str, flow_dir: str, patches:
     params = load_params(params_path)
     dirs = DataDirs(Path(clips), Path(lr), Path(flow_dir), Path(patches))
     device = resolve_device("auto")
+    if device.type == "cpu" and params.pretrain.parallel > 1:
+        import os
+
+        import torch
+
+        # Branches on parallel threads share the cores instead of each taking all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.pretrain.parallel))
     val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
     branches = list(range(1, params.model.num_branches + 1))
     with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment) as tracker:

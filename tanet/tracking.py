@@ -13,7 +13,7 @@ in ``pretrain``). Each DVC stage is its own process, so the parent run id is han
    ``.tanet/parent_run.json`` together with the identity of the ``dvc repro`` process it
    runs under (pid and start time, read from ``/proc``); later stages of the same
    ``dvc repro`` find the same identity and reuse the run;
-3. a stage run outside ``dvc repro`` gets a parent run of its own.
+3. stages run outside ``dvc repro`` share one parent run per process.
 
 Training on a machine without MLflow (``--tracking none``) writes ``history.json`` next
 to its weights; ``tanet import-run`` logs it to MLflow afterwards.
@@ -157,7 +157,9 @@ def check_tracking_server(timeout: float = 5.0) -> None:
         problem = str(getattr(err, "reason", err))
     from tanet.errors import TanetError
 
-    raise TanetError(f"MLflow tracking server {uri} is not reachable ({problem}); start it (`tanet serve`) or unset MLFLOW_TRACKING_URI")
+    raise TanetError(
+        f"MLflow tracking server {uri} is not reachable ({problem}); start it (`tanet serve`) or unset MLFLOW_TRACKING_URI"
+    )
 
 
 def parent_run_id(mlflow: Any, experiment_id: str, root: Path, tags: Mapping[str, str]) -> str:
@@ -174,12 +176,20 @@ def parent_run_id(mlflow: Any, experiment_id: str, root: Path, tags: Mapping[str
                 return str(state["run_id"])
         except (OSError, ValueError, KeyError):
             pass
+    key = (tracking_uri(root), experiment_id)
+    if ident is None and key in _PROCESS_PARENTS:
+        return _PROCESS_PARENTS[key]  # several stages in one process (e.g. `python -m tanet.train all`)
     client = mlflow.MlflowClient()
     run = client.create_run(experiment_id, tags={"mlflow.runName": "pipeline", "tanet.kind": "pipeline", **tags})
     client.set_terminated(run.info.run_id, "FINISHED")
     if ident is not None:
         atomic_write_json(state_path, {"run_id": run.info.run_id, "dvc": ident, "tracking_uri": tracking_uri(root)})
+    else:
+        _PROCESS_PARENTS[key] = run.info.run_id
     return run.info.run_id
+
+
+_PROCESS_PARENTS: dict[tuple[str, str], str] = {}
 
 
 class Tracker:

@@ -12,11 +12,25 @@ windows aligned by the SAN (its branches are pretrained on ROF-aligned windows, 
 SAN is supervised to reproduce).
 
 The loop is flat: a pure learning-rate schedule (:func:`lr_at`), a stateless per-step
-augmentation generator, a no-grad validation helper, and atomic checkpoints (model config,
-full params, optimiser, RNG and loader state; weights as safetensors) every
-``checkpoint_every`` steps. A restarted job with the same inputs resumes from its checkpoint
-and, on CPU, ends with bit-identical weights (tested). Several GPUs: run under ``torchrun``
-(DDP; gloo on CPU, NCCL on CUDA).
+augmentation (the 8 dihedral symmetries, drawn from a generator seeded by the step), one
+:func:`train_step`, a no-grad validation helper, and checkpoints every ``checkpoint_every``
+steps.
+
+Checkpoints: ``<ckpt_dir>/step_<n>/`` holds the weights (safetensors), the optimiser state,
+the loader position of every rank, the history and ``meta.json`` (step, fingerprint of the
+job's params, data and initial weights, number of ranks). A folder is filled under a
+temporary name, fsynced and renamed to a name that did not exist, and only then are older
+ones removed, so a kill at any moment (even mid-write) leaves the previous complete
+checkpoint. A restarted job resumes from the newest checkpoint with its fingerprint (one
+for other params or data is ignored) and, on CPU, ends with bit-identical weights to an
+uninterrupted run (tested): the data order is a pure function of (seed, loader position),
+augmentation of (seed, step, rank), and nothing draws from the global RNG after the
+model's seeded initialisation. Neither the optimiser nor the loader depend on wall time.
+
+Several GPUs (or CPU processes): run under ``torchrun`` (DDP; gloo on CPU, NCCL on CUDA).
+The global batch is split over the ranks, each rank reads a disjoint share of the row
+groups, rank 0 alone validates and writes checkpoints and outputs, and every rank waits
+for the outputs before moving on. A checkpoint resumes only with the same number of ranks.
 
 Runs as a plain module (``python -m tanet.train``) on machines with only torch, numpy,
 pyarrow, opencv and safetensors: MLflow is imported only when tracking is on.
@@ -31,9 +45,11 @@ import json
 import logging
 import math
 import os
-import random
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +62,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tanet.atomic import atomic_dir
 from tanet.config import OptimParams, Params, load_params
 from tanet.data.dataset import LoaderState, PatchLoader
 from tanet.data.patches import read_patch_manifest
@@ -61,7 +76,13 @@ from tanet.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-CKPT_STATE = "state.pt"
+CKPT_STATE = "state.pt"  # optimiser, loader positions, history (torch.load(weights_only=True))
+CKPT_META = "meta.json"  # step, fingerprint, job, world size: read without loading the state
+CKPT_PREFIX = "step_"  # checkpoint folders are step_00000200, ...
+
+# Model initialisation seeds and draws from the global RNG; branches pretrained on threads
+# (``pretrain.parallel``) would interleave their draws without this lock.
+_INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -82,9 +103,10 @@ class Job:
 
 
 def build_model(job: Job) -> nn.Module:
-    """The network a job trains, initialised from a generator seeded by the job."""
-    torch.manual_seed(_seed(job.seed, job.name, "init"))
-    return BranchModel(job.model, job.branch) if job.kind == "branch" else VSRNet(job.model)
+    """The network a job trains, initialised from the global RNG seeded by the job (thread-safe)."""
+    with _INIT_LOCK:
+        torch.manual_seed(_seed(job.seed, job.name, "init"))
+        return BranchModel(job.model, job.branch) if job.kind == "branch" else VSRNet(job.model)
 
 
 def input_field(job: Job) -> str:
@@ -95,7 +117,14 @@ def input_field(job: Job) -> str:
 
 
 def lr_at(step: int, optim: OptimParams) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up, then cosine to ``lr_min`` or constant."""
+    """Learning rate at ``step`` (0-based): linear warm-up, then cosine to ``lr_min`` or constant.
+
+    Warm-up reaches ``lr`` at step ``warmup_steps - 1``; the cosine runs from ``lr`` at
+    ``warmup_steps`` to ``lr_min`` at ``steps``.
+
+    >>> lr_at(0, OptimParams(lr=1e-3, warmup_steps=4))
+    0.00025
+    """
     if step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
     if optim.schedule == "constant":
@@ -109,39 +138,80 @@ def _seed(*keys: Any) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, keys)).encode()).digest()[:4], "little")
 
 
-def augment(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random per-sample flips and transposes (the 8 dihedral symmetries), theta transformed alike.
+# -- augmentation -------------------------------------------------------------------------
+HFLIP, VFLIP, TRANSPOSE = 1, 2, 4  # bits of a dihedral code 0..7, applied in this order
+
+
+def dihedral(x: torch.Tensor, code: int) -> torch.Tensor:
+    """Applies dihedral transform ``code`` to the last two (square) axes: h-flip, v-flip, transpose."""
+    dims = [d for bit, d in ((HFLIP, -1), (VFLIP, -2)) if code & bit]
+    if dims:
+        x = x.flip(dims)
+    return x.transpose(-1, -2) if code & TRANSPOSE else x
+
+
+def dihedral_theta(theta: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Transforms shifts ``(B, K, 2)`` (dx, dy) like :func:`dihedral` transforms the frames.
 
     A horizontal flip negates dx, a vertical flip negates dy and a transpose swaps them, so
-    theta_hat stays the shift that aligns the transformed neighbour.
+    theta_hat stays the shift that aligns the transformed neighbour with the transformed
+    centre (``aligned[y, x] = nbr[y + dy, x + dx]``).
     """
-    n = next(iter(batch.values())).shape[0]
-    hflip, vflip, trans = (torch.rand(3, n, generator=gen) < 0.5).unbind(0)
+    sx = 1 - 2 * (codes & HFLIP).ne(0).to(theta.dtype)  # (B,)
+    sy = 1 - 2 * (codes & VFLIP).ne(0).to(theta.dtype)
+    th = theta * torch.stack([sx, sy], -1)[:, None, :]
+    return torch.where((codes & TRANSPOSE).ne(0)[:, None, None], th.flip(-1), th)
+
+
+def apply_dihedral(batch: dict[str, torch.Tensor], codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Applies per-sample dihedral codes ``(B,)`` to the pixel fields and theta of a batch.
+
+    Samples are grouped by code, so each field is gathered, transformed and scattered once
+    per distinct code (at most 8 times) instead of being cloned and masked per operation.
+    """
     out = dict(batch)
+    groups = [(c, (codes == c).nonzero().squeeze(1)) for c in codes.unique().tolist()]
     for key in ("lr", "rof", "hr"):
-        if key not in out:
+        if key not in batch:
             continue
-        x = out[key].clone()
-        x[hflip] = x[hflip].flip(-1)
-        x[vflip] = x[vflip].flip(-2)
-        x[trans] = x[trans].transpose(-1, -2)
-        out[key] = x
-    if "theta" in out:
-        th = out["theta"].clone()
-        th[hflip, :, 0] = -th[hflip, :, 0]
-        th[vflip, :, 1] = -th[vflip, :, 1]
-        th[trans] = th[trans].flip(-1)
-        out["theta"] = th
+        x = batch[key]
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"augment needs square patches, got {key} of shape {tuple(x.shape)}")
+        if len(groups) == 1:
+            out[key] = dihedral(x, groups[0][0]).contiguous()
+            continue
+        y = torch.empty_like(x)
+        for code, idx in groups:
+            y.index_copy_(0, idx, dihedral(x.index_select(0, idx), code))
+        out[key] = y
+    if "theta" in batch:
+        out["theta"] = dihedral_theta(batch["theta"], codes)
     return out
 
 
+def augment(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random per-sample flips and transposes (the 8 dihedral symmetries), theta transformed alike.
+
+    Runs on the loader's uint8 tensors (4x fewer bytes than float); codes come from ``gen``.
+    """
+    n = next(iter(batch.values())).shape[0]
+    return apply_dihedral(batch, torch.randint(0, 8, (n,), generator=gen))
+
+
+# -- loss and one optimisation step -------------------------------------------------------
 def _autocast(device: torch.device, precision: str) -> Any:
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
-def compute_loss(job: Job, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss (1) for a branch, loss (2) (+ lambda theta term for SAN) for the joint network."""
+def compute_loss(job: Job, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss (1) for a branch, loss (2) (+ lambda theta term for SAN) for the joint network.
+
+    Returns:
+        The loss and its detached parts (``mse``; ``theta`` for SAN with lambda > 0), kept
+        as tensors so a step does not wait for the device.
+    """
     x = batch[input_field(job)].to(device, non_blocking=True).float().div_(255)  # (B, T, C, p, p)
     target = batch["hr"].to(device, non_blocking=True).float().div_(255)  # (B, C, rp, rp)
     with _autocast(device, job.optim.precision):
@@ -152,7 +222,7 @@ def compute_loss(job: Job, model: nn.Module, batch: dict[str, torch.Tensor], dev
             out = model(x, return_all=True)
             sr, theta = out.sr, out.theta
     mse = F.mse_loss(sr.float(), target)
-    parts = {"mse": float(mse.detach())}
+    parts = {"mse": mse.detach()}
     loss = mse
     if theta is not None and job.san_lambda > 0:
         theta_hat = batch["theta"].to(device, non_blocking=True)  # (B, T-1, 2) LR pixels
@@ -161,12 +231,35 @@ def compute_loss(job: Job, model: nn.Module, batch: dict[str, torch.Tensor], dev
 
             p = x.shape[-1]
             theta_hat = translation_to_affine(theta_hat.reshape(-1, 2), p, p).view(theta.shape)
-        reg = (theta.float() - theta_hat).square().flatten(2).sum(-1).mean()
+        reg = (theta.float() - theta_hat).square().flatten(2).sum(-1).mean()  # mean over pairs of ||.||^2
         loss = mse + job.san_lambda * reg
-        parts["theta"] = float(reg.detach())
+        parts["theta"] = reg.detach()
     return loss, parts
 
 
+def make_optimizer(model: nn.Module, optim: OptimParams, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW: fused kernels on CUDA, multi-tensor (``foreach``) on CPU."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, **fast)
+
+
+def train_step(job: Job, net: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], step: int,
+               device: torch.device, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step at 0-based ``step``: augment, set the learning rate, loss, backward, update."""
+    batch = augment(batch, torch.Generator().manual_seed(_seed(job.seed, job.name, "aug", step, rank)))
+    lr = lr_at(step, job.optim)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss, parts = compute_loss(job, net, batch, device)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if job.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(net.parameters(), job.optim.grad_clip)
+    opt.step()
+    return loss.detach(), parts
+
+
+# -- validation ---------------------------------------------------------------------------
 def _predict_full(job: Job, model: nn.Module, clip: ValClip, t: int, device: torch.device) -> torch.Tensor:
     """Full-frame prediction of frame ``t`` as Y in [0, 255] (float64, rounded)."""
     cfg = job.model
@@ -189,7 +282,8 @@ def validate(job: Job, model: nn.Module, clips: list[ValClip], device: torch.dev
     model.eval()
     per_clip = {}
     for clip in clips:
-        values = [psnr(_predict_full(job, model, clip, t, device), torch.from_numpy(gt).double()) for t, gt in zip(clip.frames, clip.hr_y)]
+        values = [psnr(_predict_full(job, model, clip, t, device), torch.from_numpy(gt).double())
+                  for t, gt in zip(clip.frames, clip.hr_y)]
         per_clip[clip.clip_id] = float(np.mean(values))
     model.train(was_training)
     return {"val_psnr": float(np.mean(list(per_clip.values()))), **{f"val_psnr/{k}": v for k, v in per_clip.items()}}
@@ -213,35 +307,84 @@ def bicubic_psnr(clips: list[ValClip], scale: int) -> float:
 
 
 # -- checkpoints --------------------------------------------------------------------------
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dirs(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of ``ckpt_dir``, newest step first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX)
+             and p.name.removeprefix(CKPT_PREFIX).isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(CKPT_PREFIX)), reverse=True)
+
+
 def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
-                    loader_states: list[LoaderState], history: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """Writes a complete checkpoint folder atomically (swapped in whole)."""
-    with atomic_dir(ckpt_dir) as tmp:
+                    loader_states: list[LoaderState], history: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """Writes ``ckpt_dir/step_<step>`` atomically, then removes every older checkpoint.
+
+    The folder is filled and fsynced under a temporary name and renamed to a name that does
+    not exist yet (one atomic rename; no moment without a complete checkpoint).
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"{CKPT_PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_dir))
+    try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
-        torch.save(
-            {
-                "step": step,
-                "optimizer": opt.state_dict(),
-                "loader": [dataclasses.asdict(s) for s in loader_states],
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                "history": history,
-                "meta": meta,
-            },
-            tmp / CKPT_STATE,
-        )
+        torch.save({"step": step, "optimizer": opt.state_dict(), "loader": [dataclasses.asdict(s) for s in loader_states],
+                    "history": history}, tmp / CKPT_STATE)
+        (tmp / CKPT_META).write_text(json.dumps({"step": step, "world": len(loader_states), **meta}, indent=2) + "\n")
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        if final.exists():  # another job's checkpoint at this step (its fingerprint did not match)
+            os.replace(final, ckpt_dir / f".{final.name}.stale-{os.getpid()}")
+        os.replace(tmp, final)
+        _fsync(ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in ckpt_dir.iterdir():  # older checkpoints, leftovers of killed writes, stale folders
+        if old != final and old.is_dir() and (old.name.startswith(CKPT_PREFIX) or old.name.startswith(f".{CKPT_PREFIX}")):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
-def load_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """Loads a checkpoint if one exists for the same job and inputs (else None)."""
-    state_path = ckpt_dir / CKPT_STATE
-    if not state_path.is_file():
-        return None
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
-    if state["meta"].get("fingerprint") != fingerprint:
-        log.info("checkpoint %s is for other inputs or params; starting afresh", ckpt_dir)
-        return None
-    state["weights"] = load_file(str(ckpt_dir / CKPT_WEIGHTS))
-    return state
+def load_checkpoint(ckpt_dir: Path, fingerprint: str, world: int = 1) -> dict[str, Any] | None:
+    """The newest complete checkpoint of ``ckpt_dir`` for the same job and inputs (else None).
+
+    Checkpoints of other params, data or initial weights (another fingerprint) are skipped;
+    an unreadable one is skipped for the next older one.
+
+    Raises:
+        TanetError: the checkpoint was written by another number of DDP ranks.
+    """
+    for folder in checkpoint_dirs(ckpt_dir):
+        try:
+            meta = json.loads((folder / CKPT_META).read_text())
+        except (OSError, ValueError) as err:
+            log.warning("%s: unreadable checkpoint (%s); trying an older one", folder, err)
+            continue
+        if meta.get("fingerprint") != fingerprint:
+            log.info("%s is for other params, data or initial weights; not resumed", folder)
+            continue
+        if meta.get("world") != world:
+            raise TanetError(f"{folder}: written by {meta.get('world')} DDP ranks, this run has {world}; "
+                             "resume with the same number of processes or delete the checkpoint")
+        try:
+            state = torch.load(folder / CKPT_STATE, map_location="cpu", weights_only=True)
+            state["weights"] = load_file(str(folder / CKPT_WEIGHTS))
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint falls back to an older one
+            log.warning("%s: unreadable checkpoint (%s); trying an older one", folder, err)
+            continue
+        state["path"] = folder
+        return state
+    return None
 
 
 def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: dict[str, torch.Tensor] | None) -> str:
@@ -251,7 +394,7 @@ def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: di
     for shard in patches_manifest["shards"]:
         digest.update(str(shard["sha256"]).encode())
     for name in sorted(init_weights or {}):
-        digest.update(name.encode() + init_weights[name].numpy().tobytes())  # type: ignore[index]
+        digest.update(name.encode() + init_weights[name].detach().cpu().contiguous().numpy().tobytes())  # type: ignore[index]
     return digest.hexdigest()
 
 
@@ -266,11 +409,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; under DDP each rank takes its LOCAL_RANK GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TanetError(f"device {name} requested but CUDA is not available")
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise TanetError("device cuda requested but CUDA is not available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def load_init(model: nn.Module, init: dict[str, torch.Tensor]) -> None:
+    """Loads a partial state dict (e.g. pretrained branches); a key the model lacks is an error."""
+    unexpected = sorted(set(init) - set(model.state_dict()))
+    if unexpected:
+        raise TanetError(f"initial weights do not fit the model: unexpected keys {unexpected[:3]}")
+    model.load_state_dict(init, strict=False)
+
+
+def _close(it: Iterator[Any]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
 
 
 def run_job(
@@ -292,7 +449,7 @@ def run_job(
     Args:
         job: what to train.
         patches_dir: the patches stage output.
-        val_clips: validation clips (full frames).
+        val_clips: validation clips (full frames; only rank 0 uses them).
         out_dir: where the final weights, ``model.json`` and ``history.json`` go (atomic).
         ckpt_dir: checkpoint folder (outside the stage's DVC outputs, so it survives a crash).
         device: training device.
@@ -303,7 +460,7 @@ def run_job(
         on_step: called after every step (tests).
 
     Returns:
-        The final metrics (``val_psnr``, ...).
+        The final metrics (``val_psnr``, ...) on rank 0; ``{}`` on other ranks.
     """
     tracker = tracker or Tracker()
     optim = job.optim
@@ -314,70 +471,84 @@ def run_job(
     fingerprint = job_fingerprint(job, manifest, init_weights)
     model = build_model(job).to(device)
     if init_weights is not None:
-        model.load_state_dict(init_weights, strict=False)
+        load_init(model, init_weights)
     fields = (input_field(job), "hr") + (("theta",) if job.model.alignment == "san" and job.kind == "joint" else ())
     loader = PatchLoader(patches_dir, optim.batch_size // world, seed=_seed(job.seed, job.name, "data"),
                          shuffle_groups=optim.shuffle_groups, consumer=rank, num_consumers=world, fields=fields,
                          verify=rank == 0)
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    opt = make_optimizer(model, optim, device)
     start, history = 0, []
-    state = load_checkpoint(ckpt_dir, fingerprint)
+    state = load_checkpoint(ckpt_dir, fingerprint, world)
     if state is not None:
         model.load_state_dict(state["weights"])
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
         loader.state = LoaderState(**state["loader"][rank])
-        log.info("%s: resumed from step %d", job.name, start)
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        log.info("%s: resumed from %s (step %d)", job.name, state["path"], start)
+    if tracker.enabled:
+        tracker.log_params({"job.name": job.name, "job.fingerprint": fingerprint, "job.world_size": world,
+                            "job.resumed_from_step": start})
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
     batches = loader.prefetching() if device.type == "cuda" else iter(loader)
-    t0, seen = time.perf_counter(), 0
-    for step in range(start, optim.steps):
-        batch = augment(next(batches), torch.Generator().manual_seed(_seed(job.seed, job.name, "aug", step, rank)))
-        lr = lr_at(step, optim)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss, parts = compute_loss(job, net, batch, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        opt.step()
-        seen += batch["hr"].shape[0] * world
-        done = step + 1
-        if done % optim.log_every == 0 or done == optim.steps:
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            record = {"step": done, "loss": float(loss.detach()), **parts, "lr": lr, "patches_per_s": rate}
-            history.append(record)
-            tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, done)
-            if rank == 0:
-                log.info("%s step %d/%d loss %.5f lr %.2e %.0f patches/s", job.name, done, optim.steps, record["loss"], lr, rate)
-            t0, seen = time.perf_counter(), 0
-        if optim.val_every and done % optim.val_every == 0 and done < optim.steps and rank == 0:
-            metrics = validate(job, model, val_clips, device)
-            history.append({"step": done, **metrics})
-            tracker.log_metrics(metrics, done)
-        if done % optim.checkpoint_every == 0 or done == optim.steps:
-            states = [loader.state] * world
-            if world > 1:
-                dist.all_gather_object(states, loader.state)
-            if rank == 0:
-                save_checkpoint(ckpt_dir, model, opt, done, states, history, {"fingerprint": fingerprint, "job": job.name})
-        if on_step is not None:
-            on_step(done)
-        if stop_after is not None and done >= stop_after:
-            return {"stopped_at": done}
+    busy, seen = 0.0, 0  # time in training steps (not validation or checkpoints) and patches since the last log
+    try:
+        for step in range(start, optim.steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            loss, parts = train_step(job, net, opt, batch, step, device, rank)
+            seen += batch["hr"].shape[0] * world
+            done = step + 1
+            if done % optim.log_every == 0 or done == optim.steps:
+                values = torch.stack([loss, *parts.values()]).float()
+                if world > 1:  # the loss of the global batch, not of rank 0's share
+                    dist.all_reduce(values)
+                    values /= world
+                values_list = values.tolist()  # waits for the device
+                busy += time.perf_counter() - t0
+                record = {"step": done, "loss": values_list[0], **dict(zip(parts, values_list[1:])),
+                          "lr": lr_at(step, optim), "patches_per_s": seen / max(1e-9, busy)}
+                history.append(record)
+                tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, done)
+                if rank == 0:
+                    log.info("%s step %d/%d loss %.5f lr %.2e %.0f patches/s", job.name, done, optim.steps,
+                             record["loss"], record["lr"], record["patches_per_s"])
+                busy, seen = 0.0, 0
+            else:
+                busy += time.perf_counter() - t0
+            if optim.val_every and done % optim.val_every == 0 and done < optim.steps and rank == 0:
+                metrics = validate(job, model, val_clips, device)
+                history.append({"step": done, **metrics})
+                tracker.log_metrics(metrics, done)
+            if done % optim.checkpoint_every == 0 or done == optim.steps:
+                states = [loader.state] * world
+                if world > 1:
+                    dist.all_gather_object(states, loader.state)
+                if rank == 0:
+                    save_checkpoint(ckpt_dir, model, opt, done, states, history,
+                                    {"fingerprint": fingerprint, "job": job.name})
+            if on_step is not None:
+                on_step(done)
+            if stop_after is not None and done >= stop_after:
+                return {"stopped_at": done}
+    finally:
+        _close(batches)  # stops the prefetching thread
+        loader.close()  # and the decoding threads
+    metrics: dict[str, Any] = {}
+    if rank == 0:
+        metrics = validate(job, model, val_clips, device)
+        history.append({"step": optim.steps, **metrics})
+        tracker.log_metrics(metrics, optim.steps)
+        write_model_dir(out_dir, model, job, {**(meta or {}), **metrics}, history)
+        if tracker.enabled:
+            tracker.log_artifact(out_dir, "model")
+            latest = checkpoint_dirs(ckpt_dir)
+            if latest:
+                tracker.log_artifact(latest[0], "checkpoint")
     if world > 1:
-        dist.barrier()
-    if rank != 0:
-        return {}
-    metrics = validate(job, model, val_clips, device)
-    history.append({"step": optim.steps, **metrics})
-    tracker.log_metrics(metrics, optim.steps)
-    write_model_dir(out_dir, model, job, {**(meta or {}), **metrics}, history)
-    if tracker.enabled:
-        tracker.log_artifact(out_dir, "model")
-        tracker.log_artifact(ckpt_dir, "checkpoint")
+        dist.barrier()  # no rank moves on (e.g. to read the pretrained branches) before the outputs exist
     return metrics
 
 
@@ -417,9 +588,11 @@ def joint_job(params: Params) -> Job:
 
 def pretrain_branch(params: Params, i: int, dirs: DataDirs, out_dir: Path, ckpt_root: Path, *, device: torch.device,
                     tracker: Tracker | None = None, val_clips: list[ValClip] | None = None, **kw: Any) -> dict[str, Any]:
-    """Pretrains branch ``i`` into ``out_dir/branch_<i>``; returns its validation metrics."""
+    """Pretrains branch ``i`` into ``out_dir/branch_<i>``; returns its validation metrics (rank 0)."""
     job = branch_job(params, i)
-    clips = val_clips or load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+    clips = val_clips
+    if clips is None:
+        clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames) if _dist_info()[0] == 0 else []
     return run_job(job, dirs.patches, clips, out_dir / job.name, ckpt_root / job.name, device=device, tracker=tracker,
                    meta=_meta(params, dirs.patches), **kw)
 
@@ -438,11 +611,12 @@ def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tenso
 
 def train_joint(params: Params, dirs: DataDirs, pretrain_dir: Path | None, out_dir: Path, ckpt_root: Path, *,
                 device: torch.device, tracker: Tracker | None = None, **kw: Any) -> dict[str, Any]:
-    """Trains the joint network into ``out_dir``; returns its metrics incl. the bicubic baseline."""
+    """Trains the joint network into ``out_dir``; returns its metrics incl. the bicubic baseline (rank 0)."""
     job = joint_job(params)
-    clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.train.val_frames)
+    rank0 = _dist_info()[0] == 0
+    clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.train.val_frames) if rank0 else []
     init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
-    bicubic = bicubic_psnr(clips, params.model.scale)
+    bicubic = bicubic_psnr(clips, params.model.scale) if rank0 else float("nan")
     meta = {**_meta(params, dirs.patches), "val_psnr_bicubic": bicubic}
     metrics = run_job(job, dirs.patches, clips, out_dir, ckpt_root / job.name, device=device, init_weights=init,
                       tracker=tracker, meta=meta, **kw)
@@ -493,26 +667,36 @@ def main(argv: list[str] | None = None) -> int:
                     help="MLflow logging (import the run later with `tanet import-run` when none)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after N steps (testing resumption)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    if args.branch and not 1 <= args.branch <= params.model.num_branches:
+        ap.error(f"--branch must be in 1..{params.model.num_branches}")
     device = _setup_distributed(args.device)
     dirs = DataDirs(args.clips, args.lr_dir, args.flow, args.patches)
     from tanet.tracking import child_run, stage_run
 
-    use_mlflow = args.tracking == "mlflow" or (args.tracking == "auto" and _has_mlflow())
     rank, _ = _dist_info()
+    use_mlflow = rank == 0 and (args.tracking == "mlflow" or (args.tracking == "auto" and _has_mlflow()))
     results: dict[str, Any] = {}
     try:
+        # Both stages of `all` nest under one parent run (tanet.tracking reuses it per process).
         if args.stage in ("pretrain", "all"):
             branches = [args.branch] if args.branch else list(range(1, params.model.num_branches + 1))
-            with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow and rank == 0) as tr:
+            with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
                 for i in branches:
                     branch_tr = child_run(tr, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
-                    results[f"branch_{i}"] = pretrain_branch(params, i, dirs, args.pretrain_out, args.checkpoints / "pretrain",
-                                                             device=device, tracker=branch_tr, stop_after=args.stop_after)
+                    try:
+                        results[f"branch_{i}"] = pretrain_branch(params, i, dirs, args.pretrain_out,
+                                                                 args.checkpoints / "pretrain", device=device,
+                                                                 tracker=branch_tr, stop_after=args.stop_after)
+                    except BaseException:
+                        branch_tr.finish("FAILED")
+                        raise
                     branch_tr.finish()
         if args.stage in ("train", "all"):
-            with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow and rank == 0) as tr:
+            with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
                 results["joint"] = train_joint(params, dirs, args.pretrain_out, args.train_out, args.checkpoints / "train",
                                                device=device, tracker=tr, stop_after=args.stop_after)
     finally:

@@ -1,0 +1,543 @@
+"""Training loop: schedule, augmentation, losses, init from pretraining, checkpoints, DDP, MLflow.
+
+Resumption is checked end to end: ``python -m tanet.train`` is SIGKILLed after (or while)
+writing a checkpoint, restarted with the same command, and its final weights must equal,
+bit for bit, those of an uninterrupted run. Exact equality holds on CPU because the data
+order, the augmentation and the initialisation are pure functions of seeds and the
+loader position, and the CPU kernels (oneDNN convolutions, grid_sample, AdamW) are
+deterministic for a fixed thread count; both runs are subprocesses with the same
+environment, so they use the same number of threads.
+
+The data (tiny preset, 64 patches in 4 row groups) is made once per session (~2 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tanet.align.rof import shift_crop
+from tanet.config import OptimParams, Params, dump_params, params_from_dict, preset_params
+from tanet.errors import TanetError
+from tanet.modelio import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
+from tanet.models import VSRNet, tanet_s
+from tanet.models.san import SANConfig
+from tanet.train import (
+    CKPT_META,
+    CKPT_STATE,
+    Job,
+    apply_dihedral,
+    augment,
+    build_model,
+    checkpoint_dirs,
+    compute_loss,
+    job_fingerprint,
+    load_checkpoint,
+    load_init,
+    lr_at,
+    pretrained_init,
+    run_job,
+    save_checkpoint,
+    train_metrics,
+)
+
+PY = sys.executable
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+DATA_OVERRIDES = {"patches.patches_per_frame": 16}  # 64 patches, 4 row groups: 2 per DDP rank
+CPU = torch.device("cpu")
+# Subprocesses run single-threaded: the machine is shared, and two OpenMP threads spinning on
+# two busy cores slow a step by 10-100x. Reference and resumed runs share this setting.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """In-process tests run on one thread too (see ENV); the session's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data stages of the tiny preset: clips, LR, flow, patches."""
+    from tanet.data.flows import run_flow
+    from tanet.data.ingest import run_ingest
+    from tanet.data.lrsets import run_degrade
+    from tanet.data.patches import run_patches
+
+    d = tmp_path_factory.mktemp("train_data")
+    p = params_from_dict(preset_params("tiny", DATA_OVERRIDES))
+    run_ingest(p, Path(__file__).resolve().parents[1], d / "clips")
+    run_degrade(p, d / "clips", d / "lr")
+    run_flow(p, d / "clips", d / "lr", d / "flow")
+    run_patches(p, d / "clips", d / "lr", d / "flow", d / "patches")
+    return d
+
+
+def params_file(path: Path, **overrides: Any) -> Path:
+    """A tiny-preset params.yaml (data sections as the ``data`` fixture) with dotted overrides."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_params(preset_params("tiny", {**DATA_OVERRIDES, **overrides})))
+    return path
+
+
+def load(path: Path) -> Params:
+    from tanet.config import load_params
+
+    return load_params(path)
+
+
+def cli(data: Path, params: Path, out: Path, *args: str, tracking: str = "none") -> list[str]:
+    """Arguments of ``python -m tanet.train`` (without the interpreter) on the fixture data."""
+    return [*args, "--params", str(params), "--clips", str(data / "clips"), "--lr-dir", str(data / "lr"),
+            "--flow", str(data / "flow"), "--patches", str(data / "patches"), "--pretrain-out", str(out / "pre"),
+            "--train-out", str(out / "joint"), "--checkpoints", str(out / "ckpt"), "--tracking", tracking]
+
+
+def run_cli(args: list[str], log: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    with log.open("w") as f:
+        proc = subprocess.run([PY, "-m", "tanet.train", *args], check=False, stdout=f, stderr=subprocess.STDOUT, text=True,
+                              timeout=240, env=env or ENV, **kw)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return proc
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / CKPT_WEIGHTS)), load_file(str(b / CKPT_WEIGHTS))
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different}"
+
+
+def losses(model_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in json.loads((model_dir / HISTORY).read_text()) if "loss" in r}
+
+
+def ckpt_steps(folder: Path) -> list[int]:
+    return [int(p.name.removeprefix("step_")) for p in checkpoint_dirs(folder)]
+
+
+# -- learning-rate schedule ---------------------------------------------------------------
+def test_lr_at_known_values() -> None:
+    warm = OptimParams(steps=110, lr=1e-3, lr_min=1e-5, warmup_steps=10)
+    assert lr_at(0, warm) == pytest.approx(1e-4)
+    assert lr_at(4, warm) == pytest.approx(5e-4)
+    assert lr_at(9, warm) == pytest.approx(1e-3)  # warm-up ends at the peak
+    assert lr_at(10, warm) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert lr_at(60, warm) == pytest.approx((1e-3 + 1e-5) / 2)  # half way
+    assert lr_at(110, warm) == pytest.approx(1e-5)  # the floor at `steps`
+    assert lr_at(500, warm) == pytest.approx(1e-5)  # and after
+    values = [lr_at(s, warm) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+    const = OptimParams(steps=100, lr=2e-4, schedule="constant", warmup_steps=4)
+    assert [lr_at(s, const) for s in (0, 3, 4, 50, 99)] == pytest.approx([5e-5, 2e-4, 2e-4, 2e-4, 2e-4])
+    assert lr_at(0, OptimParams(steps=10, lr=1e-3)) == pytest.approx(1e-3)  # no warm-up
+
+
+# -- augmentation -------------------------------------------------------------------------
+def _shifted_window(p: int, shifts: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3-frame window whose neighbours are integer shifts of the centre: ``aligned[y, x] = nbr[y+dy, x+dx]``."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (p + 16, p + 16), dtype=np.uint8)
+    o = 8
+
+    def crop(dx: int, dy: int) -> np.ndarray:  # nbr[y, x] = frame[y - dy, x - dx]
+        return big[o - dy : o - dy + p, o - dx : o - dx + p]
+
+    frames = [crop(*shifts[0]), crop(0, 0), crop(*shifts[1])]
+    lr = torch.from_numpy(np.stack(frames)[:, None].copy())  # (T, C, p, p)
+    theta = torch.tensor(shifts, dtype=torch.float32)  # (T-1, 2)
+    return lr, theta
+
+
+def _aligned_interior(nbr: np.ndarray, centre: np.ndarray, dx: int, dy: int) -> bool:
+    p = nbr.shape[0]
+    aligned = shift_crop(nbr, 0, 0, p, p, dx, dy)
+    ys = slice(max(0, -dy), min(p, p - dy))  # rows whose source row is inside the patch
+    xs = slice(max(0, -dx), min(p, p - dx))
+    return bool(np.array_equal(aligned[ys, xs], centre[ys, xs]))
+
+
+def test_augment_keeps_theta_consistent_for_all_8_symmetries() -> None:
+    p, scale = 16, 4
+    lr, theta = _shifted_window(p, [(2, -3), (-1, 4)])
+    codes = torch.arange(8)
+    hr = lr[1].repeat_interleave(scale, -1).repeat_interleave(scale, -2)  # nearest upsampling of the centre
+    batch = {"lr": lr.expand(8, -1, -1, -1, -1).contiguous(), "rof": lr.expand(8, -1, -1, -1, -1).contiguous(),
+             "hr": hr.expand(8, -1, -1, -1).contiguous(), "theta": theta.expand(8, -1, -1).contiguous()}
+    out = apply_dihedral(batch, codes)
+    assert {tuple(out["lr"][i, 1, 0].flatten().tolist()) for i in range(8)}.__len__() == 8  # 8 distinct transforms
+    for i in range(8):
+        centre = out["lr"][i, 1, 0].numpy()
+        for k, t in ((0, 0), (1, 2)):
+            dx, dy = (int(v) for v in out["theta"][i, k])
+            assert _aligned_interior(out["lr"][i, t, 0].numpy(), centre, dx, dy), (i, k, dx, dy)
+            if i:  # the untransformed theta no longer aligns (the check is sensitive)
+                assert not _aligned_interior(out["lr"][i, t, 0].numpy(), centre, *(int(v) for v in theta[k]))
+        # HR and LR transformed alike: nearest upsampling commutes with the dihedral group.
+        assert torch.equal(out["hr"][i], out["lr"][i, 1].repeat_interleave(scale, -1).repeat_interleave(scale, -2))
+        assert torch.equal(out["rof"][i], out["lr"][i])
+    # The random form: deterministic per generator seed, batch values unchanged in the input.
+    a = augment(batch, torch.Generator().manual_seed(3))
+    b = augment(batch, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a[k], b[k]) for k in batch)
+    assert torch.equal(batch["lr"][0], lr)
+
+
+# -- losses -------------------------------------------------------------------------------
+def _batch(cfg: Any, n: int = 4, p: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lr = torch.randint(0, 256, (n, cfg.num_frames, cfg.channels, p, p), dtype=torch.uint8, generator=g)
+    hr = torch.nn.functional.interpolate(lr[:, cfg.num_frames // 2].float(), scale_factor=cfg.scale, mode="bilinear")
+    theta = torch.randint(-2, 3, (n, cfg.num_frames - 1, 2), generator=g).float()
+    return {"lr": lr, "rof": lr, "hr": hr.round().clamp(0, 255).to(torch.uint8), "theta": theta}
+
+
+@pytest.mark.parametrize("kind, alignment", [("branch", "rof"), ("joint", "rof"), ("joint", "san")])
+def test_compute_loss_decreases_on_a_fixed_batch(kind: str, alignment: str) -> None:
+    cfg = tanet_s(4, alignment=alignment, align_block=16)
+    job = Job(kind, 2 if kind == "branch" else 0, cfg, OptimParams(steps=10, lr=2e-3), san_lambda=0.1)
+    model = build_model(job)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    batch = _batch(cfg)
+    first = None
+    for _ in range(8):
+        loss, parts = compute_loss(job, model, batch, CPU)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert ("theta" in parts) == (alignment == "san")
+    assert float(compute_loss(job, model, batch, CPU)[0].detach()) < 0.9 * first
+
+
+@pytest.mark.parametrize("mode", ["translation", "affine"])
+def test_theta_term_is_zero_when_theta_equals_theta_hat(mode: str) -> None:
+    cfg = tanet_s(4, alignment="san", align_block=16)
+    cfg = dataclasses.replace(cfg, san=SANConfig(mode=mode))
+    job = Job("joint", 0, cfg, OptimParams(steps=1), san_lambda=0.5)
+    model = build_model(job)  # the SAN starts at the identity transform: theta = 0 shift
+    batch = _batch(cfg)
+    batch["theta"] = torch.zeros_like(batch["theta"])
+    loss, parts = compute_loss(job, model, batch, CPU)
+    assert float(parts["theta"]) == 0.0
+    assert float(loss) == pytest.approx(float(parts["mse"]), rel=0, abs=0)
+    batch["theta"][..., 0], batch["theta"][..., 1] = 1.0, -2.0  # ||(1, -2)||^2 = 5 per neighbour
+    loss, parts = compute_loss(job, model, batch, CPU)
+    expected = 5.0 if mode == "translation" else (2 / 16) ** 2 + (4 / 16) ** 2  # normalised affine offsets
+    assert float(parts["theta"]) == pytest.approx(expected, rel=1e-6)
+    assert float(loss) == pytest.approx(float(parts["mse"]) + 0.5 * expected, rel=1e-6)
+
+
+# -- initialisation from pretraining ------------------------------------------------------
+def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None:
+    params = params_from_dict(preset_params("tiny"))
+    cfg, n = params.model, params.model.num_branches
+    branches = []
+    for i in range(1, n + 1):
+        torch.manual_seed(100 + i)
+        b = BranchModel(cfg, i)
+        write_model_dir(tmp_path / f"branch_{i}", b, Job("branch", i, cfg, params.pretrain), {}, [])
+        branches.append(b.eval())
+    net = VSRNet(cfg).eval()
+    load_init(net, pretrained_init(params, tmp_path))
+    x = torch.rand(2, cfg.num_frames, cfg.channels, 12, 12, generator=torch.Generator().manual_seed(0))
+    tail = net.tanet.modulation.net.tail
+    r2 = cfg.scale**2
+    with torch.no_grad():
+        for i in range(1, n + 1):  # the modulation branch weights branch i only (softmax of +-1000)
+            tail.weight.zero_()
+            tail.bias.fill_(-1000.0)
+            tail.bias[(i - 1) * r2 : i * r2] = 1000.0
+            assert torch.equal(net(x), branches[i - 1](x)), f"joint output != branch {i} alone"
+    with pytest.raises(TanetError, match="unexpected keys"):
+        load_init(net, {"tanet.branch.0.net.tail.weight": torch.zeros(1)})
+    (tmp_path / "branch_2" / CKPT_WEIGHTS).unlink()
+    with pytest.raises(TanetError, match="pretrained branch missing"):
+        pretrained_init(params, tmp_path)
+
+
+def test_train_metrics_shape(tmp_path: Path) -> None:
+    cfg = params_from_dict(preset_params("tiny")).model
+    for i in (1, 2):
+        write_model_dir(tmp_path / "pre" / f"branch_{i}", BranchModel(cfg, i), Job("branch", i, cfg, OptimParams()),
+                        {"val_psnr": 20.0 + i / 3}, [])
+    write_model_dir(tmp_path / "joint", VSRNet(cfg), Job("joint", 0, cfg, OptimParams()),
+                    {"val_psnr": 25.123456, "val_psnr_bicubic": 23.98771}, [])
+    assert train_metrics(tmp_path / "pre", tmp_path / "joint", 2) == {
+        "pretrain": {"branch_1": {"val_psnr": 20.3333}, "branch_2": {"val_psnr": 20.6667}},
+        "joint": {"val_psnr": 25.1235, "val_psnr_bicubic": 23.9877},
+    }
+
+
+# -- checkpoints (in process) -------------------------------------------------------------
+def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path: Path) -> None:
+    from tanet.data.patches import read_patch_manifest
+    from tanet.train import branch_job
+
+    params = load(params_file(tmp_path / "params.yaml", **{"pretrain.steps": 6, "pretrain.checkpoint_every": 2}))
+    job = branch_job(params, 1)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+
+    def first_step(j: Job, stop_after: int) -> int:
+        seen: list[int] = []
+        run_job(j, data / "patches", [], out, ckpt, device=CPU, stop_after=stop_after, on_step=seen.append)
+        return seen[0]
+
+    assert first_step(job, 2) == 1
+    assert ckpt_steps(ckpt) == [2]
+    assert first_step(job, 4) == 3  # same job: resumed after step 2
+    assert ckpt_steps(ckpt) == [4]  # older checkpoints removed
+    other = dataclasses.replace(job, optim=dataclasses.replace(job.optim, lr=5e-4))
+    assert first_step(other, 2) == 1  # other params: trained afresh ...
+    assert ckpt_steps(ckpt) == [2]  # ... and its checkpoint replaced the stale one
+    assert first_step(job, 2) == 1  # and the first job's is gone
+
+    manifest = read_patch_manifest(data / "patches")
+    fp = job_fingerprint(job, manifest, None)
+    changed = {**manifest, "shards": [{**s, "sha256": "0" * 64} for s in manifest["shards"]]}
+    assert job_fingerprint(job, changed, None) != fp  # other data
+    assert job_fingerprint(job, manifest, {"w": torch.zeros(2)}) != fp  # other initial weights
+    assert job_fingerprint(job, manifest, None) == fp
+
+    # Another number of DDP ranks is an error, not a silent restart.
+    fp_now = json.loads((checkpoint_dirs(ckpt)[0] / CKPT_META).read_text())["fingerprint"]
+    with pytest.raises(TanetError, match="DDP ranks"):
+        load_checkpoint(ckpt, fp_now, world=2)
+    # A damaged newest checkpoint falls back to the older complete one.
+    state = load_checkpoint(ckpt, fp_now)
+    assert state is not None and state["step"] == 2
+    bad = ckpt / "step_00000009"
+    bad.mkdir()
+    (bad / CKPT_META).write_text(json.dumps({"step": 9, "world": 1, "fingerprint": fp_now}))
+    (bad / CKPT_STATE).write_bytes(b"torn")
+    state = load_checkpoint(ckpt, fp_now)
+    assert state is not None and state["step"] == 2
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = params_from_dict(preset_params("tiny")).model
+    model = BranchModel(cfg, 1)
+    opt = torch.optim.AdamW(model.parameters())
+    from tanet.data.dataset import LoaderState
+
+    save_checkpoint(tmp_path, model, opt, 2, [LoaderState(0, 2)], [], {"fingerprint": "f"})
+
+    def torn(obj: Any, f: Any, *a: Any, **k: Any) -> None:
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, model, opt, 4, [LoaderState(0, 4)], [], {"fingerprint": "f"})
+    assert ckpt_steps(tmp_path) == [2]
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000002"]  # no temporary left
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path, "f")
+    assert state is not None and state["loader"] == [{"epoch": 0, "batch": 2}]
+
+
+# -- crash and resume (subprocesses) ------------------------------------------------------
+CRASH_CASES = {
+    # pretraining of branch 2 on ROF-aligned windows
+    "branch": (["pretrain", "--branch", "2"], "pre/branch_2", "ckpt/pretrain/branch_2",
+               {"pretrain.steps": 24, "pretrain.checkpoint_every": 4, "pretrain.log_every": 4, "pretrain.val_frames": 1}),
+    # the joint network with SAN alignment and the theta loss, from scratch
+    "joint_san": (["train"], "joint", "ckpt/train/joint",
+                  {"model.alignment": "san", "train.init_from_pretrain": False, "train.steps": 24, "train.san_lambda": 0.05,
+                   "train.checkpoint_every": 4, "train.log_every": 4, "train.val_frames": 1}),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Uninterrupted runs of each crash case (started together, so they overlap in time)."""
+    root = tmp_path_factory.mktemp("reference")
+    procs, outs = [], {}
+    for name, (stage, out_rel, _, over) in CRASH_CASES.items():
+        params = params_file(root / name / "params.yaml", **over)
+        log = (root / f"{name}.log").open("w")
+        procs.append((subprocess.Popen([PY, "-m", "tanet.train", *cli(data, params, root / name, *stage)], stdout=log,
+                                       stderr=subprocess.STDOUT, env=ENV), root / f"{name}.log"))
+        outs[name] = root / name / out_rel
+    for proc, log in procs:
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    return outs
+
+
+def test_sigkill_then_resume_gives_bit_identical_weights(data: Path, reference: dict[str, Path], tmp_path: Path) -> None:
+    """Branch pretraining killed at whatever step follows the first checkpoint >= 8."""
+    case = "branch"
+    stage, out_rel, ckpt_rel, over = CRASH_CASES[case]
+    steps = next(v for k, v in over.items() if k.endswith(".steps"))
+    args = cli(data, params_file(tmp_path / "params.yaml", **over), tmp_path, *stage)
+    ckpt = tmp_path / ckpt_rel
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([PY, "-m", "tanet.train", *args], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(s >= 8 for s in ckpt_steps(ckpt)):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "training ended before the kill; raise the steps"
+    killed_at = ckpt_steps(ckpt)[0]
+    assert 8 <= killed_at < steps and not (tmp_path / out_rel).exists()
+
+    run_cli(args, tmp_path / "resumed.log")
+    assert f"(step {killed_at})" in (tmp_path / "resumed.log").read_text()
+    assert_same_weights(tmp_path / out_rel, reference[case])
+    ref_losses = losses(reference[case])
+    assert losses(tmp_path / out_rel) == ref_losses and len(ref_losses) == steps // 4
+    assert ckpt_steps(ckpt) == [steps] and len(list(ckpt.iterdir())) == 1
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys, torch
+import tanet.train
+calls, real_save = 0, torch.save
+def save(obj, f, *a, **k):  # the 3rd checkpoint (step 12): a torn file, then SIGKILL
+    global calls
+    calls += 1
+    if calls == 3:
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *a, **k)
+torch.save = save
+sys.exit(tanet.train.main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_checkpoint_write_resumes_from_the_previous_one(data: Path, reference: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    """The joint network with SAN alignment (theta loss), killed while writing its step-12 checkpoint."""
+    stage, out_rel, ckpt_rel, over = CRASH_CASES["joint_san"]
+    args = cli(data, params_file(tmp_path / "params.yaml", **over), tmp_path, *stage)
+    script = tmp_path / "kill_during_write.py"
+    script.write_text(textwrap.dedent(KILL_DURING_WRITE))
+    proc = subprocess.run([PY, str(script), *args], check=False, capture_output=True, text=True, timeout=240, env=ENV)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpt = tmp_path / ckpt_rel
+    assert ckpt_steps(ckpt) == [8]  # the previous complete checkpoint ...
+    assert any(p.name.startswith(".step_00000012") for p in ckpt.iterdir())  # ... beside the torn one
+    run_cli(args, tmp_path / "resumed.log")
+    assert "(step 8)" in (tmp_path / "resumed.log").read_text()
+    assert_same_weights(tmp_path / out_rel, reference["joint_san"])
+    assert losses(tmp_path / out_rel) == losses(reference["joint_san"])
+    assert [p.name for p in ckpt.iterdir()] == ["step_00000024"]  # the torn temporary was cleaned up
+
+
+# -- DDP ----------------------------------------------------------------------------------
+DDP_PROBE = """
+import hashlib, os, sys
+import tanet.train
+real_step = tanet.train.train_step
+def step(job, net, opt, batch, step, device, rank=0):  # records which samples each rank trains on
+    with open(os.path.join(os.environ["PROBE_DIR"], f"{job.name}.rank{rank}"), "a") as f:
+        for hr in batch["hr"]:
+            f.write(hashlib.sha1(hr.numpy().tobytes()).hexdigest() + "\\n")
+    return real_step(job, net, opt, batch, step, device, rank)
+tanet.train.train_step = step
+sys.exit(tanet.train.main(sys.argv[1:]))
+"""
+
+
+def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
+    """``all`` under torchrun: 3 branches then the joint network (which reads what rank 0 wrote)."""
+    over = {f"{s}.{k}": v for s in ("pretrain", "train") for k, v in {"steps": 4, "batch_size": 8, "checkpoint_every": 2,
+                                                                       "val_frames": 1}.items()}
+    args = cli(data, params_file(tmp_path / "params.yaml", **over), tmp_path, "all")
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent(DDP_PROBE))
+    (tmp_path / "seen").mkdir()
+    env = {**ENV, "PROBE_DIR": str(tmp_path / "seen")}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(probe), *args], check=False,
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert '"joint"' in proc.stdout and proc.stdout.count('"branch_1"') == 1  # rank 0 alone prints the results
+    for name, ckpt, out in [*((f"branch_{i}", f"ckpt/pretrain/branch_{i}", f"pre/branch_{i}") for i in (1, 2, 3)),
+                            ("joint", "ckpt/train/joint", "joint")]:
+        folders = list((tmp_path / ckpt).iterdir())
+        assert [p.name for p in folders] == ["step_00000004"], name  # one checkpoint, no temporaries
+        meta = json.loads((folders[0] / CKPT_META).read_text())
+        assert meta["world"] == 2
+        assert len(torch.load(folders[0] / CKPT_STATE, weights_only=True)["loader"]) == 2
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["history.json", "model.json", "model.safetensors"]
+        seen = [(tmp_path / "seen" / f"{name}.rank{r}").read_text().split() for r in (0, 1)]
+        assert [len(s) for s in seen] == [16, 16]  # 4 steps x 4 patches per rank
+        assert not set(seen[0]) & set(seen[1]), f"{name}: ranks saw the same patches"
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+
+
+# -- MLflow -------------------------------------------------------------------------------
+def test_mlflow_tracking_and_import_run(data: Path, reference: dict[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = params_file(tmp_path / "params.yaml", **{"pretrain.val_frames": 1, "train.val_frames": 1})
+    env = {**ENV, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.pop("TANET_PARENT_RUN_ID", None)
+    run_cli(cli(data, params, tmp_path / "live", "all", tracking="mlflow"), tmp_path / "all.log", env=env, cwd=tmp_path)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("TANET_PARENT_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("tanet")
+    runs = client.search_runs([exp.experiment_id])
+    by_name: dict[str, list[Any]] = {}
+    for r in runs:
+        by_name.setdefault(r.data.tags.get("mlflow.runName"), []).append(r)
+    assert sorted(by_name) == ["branch_1", "branch_2", "branch_3", "pipeline", "pretrain", "train"]
+    assert all(len(v) == 1 for v in by_name.values())
+    parent = by_name["pipeline"][0].info.run_id
+    pretrain, train = by_name["pretrain"][0], by_name["train"][0]
+    assert pretrain.data.tags["mlflow.parentRunId"] == parent and train.data.tags["mlflow.parentRunId"] == parent
+    assert pretrain.data.params["pretrain.steps"] == "4" and train.data.params["train.steps"] == "4"
+    for run in [by_name[f"branch_{i}"][0] for i in (1, 2, 3)] + [train]:
+        if run is not train:
+            assert run.data.tags["mlflow.parentRunId"] == pretrain.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.params["job.fingerprint"]
+        for key in ("loss", "lr", "patches_per_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
+        assert "val_psnr" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "checkpoint"}
+    assert "val_psnr_bicubic" in train.data.metrics
+
+    # tanet import-run: a folder trained with --tracking none, logged afterwards.
+    from tanet.cli import main as tanet_main
+
+    model_dir = reference["branch"]  # pretrained branch 2, --tracking none
+    assert tanet_main(["import-run", str(model_dir)]) == 0
+    imported = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("tanet.imported") == "true"
+                and r.data.tags.get("mlflow.runName") == "branch_2"]
+    assert len(imported) == 1
+    history = json.loads((model_dir / HISTORY).read_text())
+    logged = {m.step: m.value for m in client.get_metric_history(imported[0].info.run_id, "loss")}
+    assert logged == {r["step"]: pytest.approx(r["loss"]) for r in history if "loss" in r}
+    assert imported[0].data.metrics["val_psnr"] == pytest.approx(history[-1]["val_psnr"])
+
+
+def test_data_fixture_is_what_the_tests_assume(data: Path) -> None:
+    manifest = json.loads((data / "patches" / "manifest.json").read_text())
+    assert manifest["rows"] == 64 and sum(s["row_groups"] for s in manifest["shards"]) == 4
