@@ -60,7 +60,9 @@ def real_clips(vid4: Path | None) -> list[np.ndarray]:
     from tanet.video import VideoReader
 
     with VideoReader(embedded_clip_path("bikes"), max_frames=12) as reader:
-        frames = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (160, 68), interpolation=cv2.INTER_AREA) for f in reader]
+        frames = [
+            cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (160, 68), interpolation=cv2.INTER_AREA) for f in reader
+        ]
     return [np.stack(frames)]
 
 
@@ -93,8 +95,12 @@ def main() -> None:
     ap.add_argument("--vid4", type=Path, default=ROOT.parent / "shared/data/vid4")
     args = ap.parse_args()
     clips = real_clips(args.vid4)
-    print(f"real LR clips: {len(clips)} ({'Vid4 BIx4' if len(clips) == 4 else 'embedded bikes'}); torch threads {torch.get_num_threads()}")
-    print(f"{'method':<20} {'exact':>7} {'ROF err t+-1':>13} {'ROF err t+-2':>13} {'ms 180x144':>11} {'ms 320x180':>11}")
+    print(
+        f"real LR clips: {len(clips)} ({'Vid4 BIx4' if len(clips) == 4 else 'embedded bikes'}); torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'method':<20} {'exact':>7} {'ROF err t+-1':>13} {'ROF err t+-2':>13} {'ms 180x144':>11} {'ms 320x180':>11}"
+    )
     base1 = np.mean([rof_error(clips, None, "", o) for o in (-1, 1)])
     base2 = np.mean([rof_error(clips, None, "", o) for o in (-2, 2)])
     print(f"{'no alignment':<20} {'':>7} {base1:>13.3f} {base2:>13.3f}")
@@ -102,8 +108,10 @@ def main() -> None:
         e1 = np.mean([rof_error(clips, method, preset, o) for o in (-1, 1)])
         e2 = np.mean([rof_error(clips, method, preset, o) for o in (-2, 2)])
         label = f"{method}/{preset}" if method == "dis" else method
-        print(f"{label:<20} {synthetic_exact(method, preset):>7.3f} {e1:>13.3f} {e2:>13.3f} "
-              f"{speed(method, preset, 144, 180):>11.2f} {speed(method, preset, 180, 320):>11.2f}")
+        print(
+            f"{label:<20} {synthetic_exact(method, preset):>7.3f} {e1:>13.3f} {e2:>13.3f} "
+            f"{speed(method, preset, 144, 180):>11.2f} {speed(method, preset, 180, 320):>11.2f}"
+        )
 
 
 if __name__ == "__main__":

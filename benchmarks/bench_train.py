@@ -48,8 +48,15 @@ def _legacy_augment(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dic
     return out
 
 
-def _legacy_step(job: T.Job, net: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], step: int,
-                 device: torch.device, rank: int = 0) -> object:
+def _legacy_step(
+    job: T.Job,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    device: torch.device,
+    rank: int = 0,
+) -> object:
     batch = _legacy_augment(batch, torch.Generator().manual_seed(step))
     for group in opt.param_groups:
         group["lr"] = T.lr_at(step, job.optim)
@@ -60,15 +67,26 @@ def _legacy_step(job: T.Job, net: nn.Module, opt: torch.optim.Optimizer, batch: 
     return loss
 
 
-def _setup(kind: str, branch: int, batch: int, patch: int, precision: str, device: torch.device, legacy: bool,
-           ) -> Callable[[int], object]:
+def _setup(
+    kind: str,
+    branch: int,
+    batch: int,
+    patch: int,
+    precision: str,
+    device: torch.device,
+    legacy: bool,
+) -> Callable[[int], object]:
     cfg = tanet_s(scale=4, alignment="rof", align_block=patch)
     job = T.Job(kind, branch, cfg, OptimParams(steps=10_000, batch_size=batch, precision=precision))  # type: ignore[arg-type]
     model = T.build_model(job).to(device)
-    opt = (torch.optim.AdamW(model.parameters(), lr=job.optim.lr) if legacy else T.make_optimizer(model, job.optim, device))
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr=job.optim.lr) if legacy else T.make_optimizer(model, job.optim, device)
+    )
     gen = torch.Generator().manual_seed(0)
     data = {
-        "rof": torch.randint(0, 256, (batch, cfg.num_frames, cfg.channels, patch, patch), dtype=torch.uint8, generator=gen),
+        "rof": torch.randint(
+            0, 256, (batch, cfg.num_frames, cfg.channels, patch, patch), dtype=torch.uint8, generator=gen
+        ),
         "hr": torch.randint(0, 256, (batch, cfg.channels, 4 * patch, 4 * patch), dtype=torch.uint8, generator=gen),
     }
     step_fn = _legacy_step if legacy else T.train_step
@@ -104,8 +122,11 @@ def main() -> int:
     ap.add_argument("--compare", action="store_true", help="also time the step before the CPU tuning")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"CUDA is not available on this machine: the GPU figure (--device {args.device} --batch 64 --patch 48 "
-              "--precision bf16 on an H100) cannot be measured here.", file=sys.stderr)
+        print(
+            f"CUDA is not available on this machine: the GPU figure (--device {args.device} --batch 64 --patch 48 "
+            "--precision bf16 on an H100) cannot be measured here.",
+            file=sys.stderr,
+        )
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,7 +138,9 @@ def main() -> int:
     for batch in args.batch:
         for job_name in args.jobs:
             kind, branch = ("joint", 0) if job_name == "joint" else ("branch", int(job_name.split("_")[1]))
-            runs = {v: _setup(kind, branch, batch, args.patch, args.precision, device, legacy) for v, legacy in variants}
+            runs = {
+                v: _setup(kind, branch, batch, args.patch, args.precision, device, legacy) for v, legacy in variants
+            }
             for run in runs.values():
                 _round(run, args.warmup, 0, device)
             times: dict[str, list[float]] = {v: [] for v in runs}

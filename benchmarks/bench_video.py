@@ -59,9 +59,7 @@ def writer_fps(path: Path, source: Path, frames: int, preset: str, crf: int) -> 
         pool = list(reader)
         info = reader.info
     start = time.perf_counter()
-    with VideoWriter(
-        path, info.width, info.height, info.fps, preset=preset, crf=crf, overwrite=True
-    ) as writer:
+    with VideoWriter(path, info.width, info.height, info.fps, preset=preset, crf=crf, overwrite=True) as writer:
         for frame in itertools.islice(itertools.cycle(pool), frames):
             writer.write(frame)
     return frames / (time.perf_counter() - start)

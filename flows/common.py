@@ -41,6 +41,16 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 
 
+def data_stage_env() -> None:
+    """Threads for the data stages; call before torch is imported.
+
+    Their torch work is many small per-frame ops, for which OpenMP's busy-waiting threads cost
+    4-10x on a loaded 2-core machine (measured: benchmarks/bench_pipeline.py). Training keeps
+    the default (active waiting is ~25 % faster for its large convolutions).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,9 +69,22 @@ class TemporaryServer:
         port = _free_port()
         env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.url = f"http://127.0.0.1:{port}/api"
         os.environ["PREFECT_API_URL"] = self.url
@@ -151,7 +174,9 @@ def stage_args(description: str, *paths: tuple[str, str]) -> argparse.ArgumentPa
     """Argument parser of a stage flow: ``--params``, ``--task-runner`` and its paths."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="pipeline params file")
-    ap.add_argument("--task-runner", default=None, help="threads[:N] | dask[:ADDRESS] (default: $TANET_TASK_RUNNER or threads)")
+    ap.add_argument(
+        "--task-runner", default=None, help="threads[:N] | dask[:ADDRESS] (default: $TANET_TASK_RUNNER or threads)"
+    )
     for flag, help_text in paths:
         ap.add_argument(flag, type=Path, required=True, help=help_text)
     return ap

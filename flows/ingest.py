@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.common import ROOT, prefect_mapper, run_flow, stage_args
+from flows.common import ROOT, prefect_mapper, run_flow, stage_args, data_stage_env
+
+data_stage_env()
+
 from prefect import flow
 
 from tanet.config import load_params

@@ -16,8 +16,9 @@ from tanet.train import DataDirs, pretrain_branch, resolve_device
 
 
 @flow(name="pretrain")
-def pretrain_flow(params_path: str, clips: str, lr: str, flow_dir: str, patches: str, out: str, metrics: str,
-                  checkpoints: str) -> dict[str, float]:
+def pretrain_flow(
+    params_path: str, clips: str, lr: str, flow_dir: str, patches: str, out: str, metrics: str, checkpoints: str
+) -> dict[str, float]:
     """Pretrains branches 1..N (in parallel when the task runner has room: ``pretrain.parallel``)."""
     params = load_params(params_path)
     dirs = DataDirs(Path(clips), Path(lr), Path(flow_dir), Path(patches))
@@ -36,7 +37,9 @@ def pretrain_flow(params_path: str, clips: str, lr: str, flow_dir: str, patches:
         def one(i: int) -> dict[str, float]:
             run = child_run(tracker, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
             try:
-                result = pretrain_branch(params, i, dirs, Path(out), Path(checkpoints), device=device, tracker=run, val_clips=val)
+                result = pretrain_branch(
+                    params, i, dirs, Path(out), Path(checkpoints), device=device, tracker=run, val_clips=val
+                )
             except BaseException:
                 run.finish("FAILED")
                 raise
@@ -55,15 +58,30 @@ def pretrain_flow(params_path: str, clips: str, lr: str, flow_dir: str, patches:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_args(__doc__, ("--clips", "ingest output"), ("--lr", "degrade output"), ("--flow", "flow output"),
-                    ("--patches", "patches output"), ("--out", "pretrained branches folder"),
-                    ("--metrics", "metrics JSON to write"))
+    ap = stage_args(
+        __doc__,
+        ("--clips", "ingest output"),
+        ("--lr", "degrade output"),
+        ("--flow", "flow output"),
+        ("--patches", "patches output"),
+        ("--out", "pretrained branches folder"),
+        ("--metrics", "metrics JSON to write"),
+    )
     ap.add_argument("--checkpoints", type=Path, default=Path(".tanet/checkpoints/pretrain"))
     args = ap.parse_args(argv)
     runner = args.task_runner or f"threads:{load_params(args.params).pretrain.parallel}"
-    run_flow(pretrain_flow, runner, params_path=str(args.params), clips=str(args.clips), lr=str(args.lr),
-             flow_dir=str(args.flow), patches=str(args.patches), out=str(args.out), metrics=str(args.metrics),
-             checkpoints=str(args.checkpoints))
+    run_flow(
+        pretrain_flow,
+        runner,
+        params_path=str(args.params),
+        clips=str(args.clips),
+        lr=str(args.lr),
+        flow_dir=str(args.flow),
+        patches=str(args.patches),
+        out=str(args.out),
+        metrics=str(args.metrics),
+        checkpoints=str(args.checkpoints),
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,17 @@ def register_task(params_path: str, model: str, eval_json: str) -> dict[str, obj
     params = load_params(params_path)
     rp = params.register
     with stage_run("register", params.to_dict(), experiment=params.mlflow.experiment) as tracker:
-        return register_model(Path(model), load_eval(Path(eval_json)), model_name=rp.model_name, metric=rp.metric,
-                              min_gain=rp.min_gain, params=params.to_dict(), tracker=tracker,
-                              experiment=params.mlflow.experiment, root=ROOT)
+        return register_model(
+            Path(model),
+            load_eval(Path(eval_json)),
+            model_name=rp.model_name,
+            metric=rp.metric,
+            min_gain=rp.min_gain,
+            params=params.to_dict(),
+            tracker=tracker,
+            experiment=params.mlflow.experiment,
+            root=ROOT,
+        )
 
 
 @flow(name="register")
@@ -34,10 +42,17 @@ def register_flow(params_path: str, model: str, eval_json: str, out: str) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage_args(__doc__, ("--model", "joint model folder"), ("--eval", "eval.json"),
-                      ("--out", "registration record to write")).parse_args(argv)
-    run_flow(register_flow, args.task_runner, params_path=str(args.params), model=str(args.model),
-             eval_json=str(args.eval), out=str(args.out))
+    args = stage_args(
+        __doc__, ("--model", "joint model folder"), ("--eval", "eval.json"), ("--out", "registration record to write")
+    ).parse_args(argv)
+    run_flow(
+        register_flow,
+        args.task_runner,
+        params_path=str(args.params),
+        model=str(args.model),
+        eval_json=str(args.eval),
+        out=str(args.out),
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,13 @@ def sample_flow(params_path: str, registration: str, out: str) -> dict[str, obje
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_args(__doc__, ("--registration", "register stage record"), ("--out", "sample folder")).parse_args(argv)
-    run_flow(sample_flow, args.task_runner, params_path=str(args.params), registration=str(args.registration),
-             out=str(args.out))
+    run_flow(
+        sample_flow,
+        args.task_runner,
+        params_path=str(args.params),
+        registration=str(args.registration),
+        out=str(args.out),
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,23 @@ from tanet.train import DataDirs, resolve_device, train_joint, train_metrics
 def joint_task(params_path: str, dirs: DataDirs, pretrain: str, out: str, checkpoints: str) -> dict[str, float]:
     params = load_params(params_path)
     with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment) as tracker:
-        return train_joint(params, dirs, Path(pretrain), Path(out), Path(checkpoints), device=resolve_device("auto"),
-                           tracker=tracker)
+        return train_joint(
+            params, dirs, Path(pretrain), Path(out), Path(checkpoints), device=resolve_device("auto"), tracker=tracker
+        )
 
 
 @flow(name="train")
-def train_flow(params_path: str, clips: str, lr: str, flow_dir: str, patches: str, pretrain: str, out: str,
-               metrics: str, checkpoints: str) -> dict[str, object]:
+def train_flow(
+    params_path: str,
+    clips: str,
+    lr: str,
+    flow_dir: str,
+    patches: str,
+    pretrain: str,
+    out: str,
+    metrics: str,
+    checkpoints: str,
+) -> dict[str, object]:
     """Trains the joint network and writes ``metrics/train.json`` (pretrain + joint)."""
     params = load_params(params_path)
     dirs = DataDirs(Path(clips), Path(lr), Path(flow_dir), Path(patches))
@@ -35,14 +45,31 @@ def train_flow(params_path: str, clips: str, lr: str, flow_dir: str, patches: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_args(__doc__, ("--clips", "ingest output"), ("--lr", "degrade output"), ("--flow", "flow output"),
-                    ("--patches", "patches output"), ("--pretrain", "pretrained branches"), ("--out", "model folder"),
-                    ("--metrics", "metrics JSON to write"))
+    ap = stage_args(
+        __doc__,
+        ("--clips", "ingest output"),
+        ("--lr", "degrade output"),
+        ("--flow", "flow output"),
+        ("--patches", "patches output"),
+        ("--pretrain", "pretrained branches"),
+        ("--out", "model folder"),
+        ("--metrics", "metrics JSON to write"),
+    )
     ap.add_argument("--checkpoints", type=Path, default=Path(".tanet/checkpoints/train"))
     args = ap.parse_args(argv)
-    run_flow(train_flow, args.task_runner, params_path=str(args.params), clips=str(args.clips), lr=str(args.lr),
-             flow_dir=str(args.flow), patches=str(args.patches), pretrain=str(args.pretrain), out=str(args.out),
-             metrics=str(args.metrics), checkpoints=str(args.checkpoints))
+    run_flow(
+        train_flow,
+        args.task_runner,
+        params_path=str(args.params),
+        clips=str(args.clips),
+        lr=str(args.lr),
+        flow_dir=str(args.flow),
+        patches=str(args.patches),
+        pretrain=str(args.pretrain),
+        out=str(args.out),
+        metrics=str(args.metrics),
+        checkpoints=str(args.checkpoints),
+    )
 
 
 if __name__ == "__main__":

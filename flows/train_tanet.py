@@ -27,8 +27,9 @@ from tanet.errors import TanetError
 from tanet.tracking import PARENT_ENV, new_parent_run, tracking_uri
 
 
-def pipeline_params(preset: str, scale: int | None, alignment: str | None, sources: list[str] | None,
-                    overrides: dict[str, Any] | None) -> dict[str, Any]:
+def pipeline_params(
+    preset: str, scale: int | None, alignment: str | None, sources: list[str] | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
     """The params dict of a run: a preset, then the flow's parameters, then free overrides."""
     over: dict[str, Any] = {}
     if scale is not None:
@@ -56,7 +57,9 @@ def dvc(args: list[str], env: dict[str, str]) -> str:
     """Runs ``dvc ARGS`` in the repo, streaming its output to the flow's log; raises on failure."""
     logger = get_run_logger()
     logger.info("dvc %s", " ".join(args))
-    proc = subprocess.Popen(["dvc", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["dvc", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -77,14 +80,19 @@ def _report(eval_json: dict[str, Any], registration: dict[str, Any]) -> str:
         "# tanet training run\n\n"
         f"Registered **{registration['model_name']}** version **{registration['version']}** "
         f"(aliases: {', '.join(registration['aliases'])}) in `{registration['tracking_uri']}`: "
-        f"{registration['decision']}.\n\nLoad it with `mlflow.pyfunc.load_model(\"{registration['model_uri']}\")` "
+        f'{registration["decision"]}.\n\nLoad it with `mlflow.pyfunc.load_model("{registration["model_uri"]}")` '
         f"or `tanet upscale IN OUT --model {registration['model_uri']}`.\n\n" + "\n".join(rows) + "\n"
     )
 
 
 @flow(name="train-tanet")
-def train_tanet(preset: str = "quick", scale: int | None = None, alignment: str | None = None,
-                sources: list[str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_tanet(
+    preset: str = "quick",
+    scale: int | None = None,
+    alignment: str | None = None,
+    sources: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Runs the whole pipeline with ``dvc repro`` and reports the evaluation and the registered model.
 
     Args:
@@ -96,7 +104,9 @@ def train_tanet(preset: str = "quick", scale: int | None = None, alignment: str 
     """
     params = pipeline_params(preset, scale, alignment, sources, overrides)
     atomic_write_text(ROOT / "params.yaml", dump_params(params))
-    parent = new_parent_run(params["mlflow"]["experiment"], ROOT, {"tanet.preset": preset, "tanet.trigger": "train-tanet"})
+    parent = new_parent_run(
+        params["mlflow"]["experiment"], ROOT, {"tanet.preset": preset, "tanet.trigger": "train-tanet"}
+    )
     env = _env(parent)
     dvc(["repro"], env)
     registration = json.loads((ROOT / "metrics/register.json").read_text())
@@ -106,8 +116,11 @@ def train_tanet(preset: str = "quick", scale: int | None = None, alignment: str 
         dvc(["repro"], env)
         registration = json.loads((ROOT / "metrics/register.json").read_text())
     eval_json = json.loads((ROOT / "metrics/eval.json").read_text())
-    create_markdown_artifact(_report(eval_json, registration), key="tanet-training-run",
-                             description="evaluation table and registered model version")
+    create_markdown_artifact(
+        _report(eval_json, registration),
+        key="tanet-training-run",
+        description="evaluation table and registered model version",
+    )
     return {"registration": registration, "eval": eval_json, "parent_run_id": parent}
 
 

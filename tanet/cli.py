@@ -73,9 +73,20 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from tanet.upscale import upscale_video
 
     report = upscale_video(
-        args.input, args.output, args.model, tile=args.tile, device=args.device, precision=args.precision,
-        weights_video=args.weights_video, overwrite=args.overwrite, codec=args.codec, crf=args.crf,
-        preset=args.preset, lossless=args.lossless, progress=not args.quiet, max_frames=args.max_frames,
+        args.input,
+        args.output,
+        args.model,
+        tile=args.tile,
+        device=args.device,
+        precision=args.precision,
+        weights_video=args.weights_video,
+        overwrite=args.overwrite,
+        codec=args.codec,
+        crf=args.crf,
+        preset=args.preset,
+        lossless=args.lossless,
+        progress=not args.quiet,
+        max_frames=args.max_frames,
     )
     print(json.dumps(report.__dict__))
     return 0
@@ -95,8 +106,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     """``tanet register --model-dir DIR --eval eval.json``: register existing weights anywhere."""
     from tanet.registry import register_model, write_registration
 
-    record = register_model(args.model_dir, json.loads(Path(args.eval).read_text()), model_name=args.name,
-                            metric=args.metric, min_gain=args.min_gain)
+    record = register_model(
+        args.model_dir,
+        json.loads(Path(args.eval).read_text()),
+        model_name=args.name,
+        metric=args.metric,
+        min_gain=args.min_gain,
+    )
     if args.output:
         write_registration(args.output, record)
     print(json.dumps(record, indent=2))
@@ -119,8 +135,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tanet.tracking import repo_root
 
     start = time.perf_counter()
-    svc = serve(repo_root(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port, deploy=not args.no_deploy,
-                worker=not args.no_worker, timeout=args.timeout)
+    svc = serve(
+        repo_root(),
+        prefect_port=args.prefect_port,
+        mlflow_port=args.mlflow_port,
+        deploy=not args.no_deploy,
+        worker=not args.no_worker,
+        timeout=args.timeout,
+    )
     print(f"# services up in {time.perf_counter() - start:.1f} s; use them with: eval $(tanet env)", file=sys.stderr)
     for k, v in svc.env().items():
         print(f"export {k}={v}")
@@ -190,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="upscale a video or frame folder with a trained model")
     p.add_argument("input", type=Path, help="video file or frame folder")
     p.add_argument("output", type=Path, help="video file (suffix picks the container) or frame folder")
-    p.add_argument("--model", default=None, help="models:/NAME@ALIAS, runs:/ID/model, or a path (default: models:/tanet@champion)")
+    p.add_argument(
+        "--model", default=None, help="models:/NAME@ALIAS, runs:/ID/model, or a path (default: models:/tanet@champion)"
+    )
     p.add_argument("--tile", type=int, default=0, help="LR tile side for the SR network (0: whole frames)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -244,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tanet`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except (TanetError, FileExistsError) as err:

@@ -78,8 +78,7 @@ def _lincomb(x: torch.Tensor, coeffs: np.ndarray, offset: np.ndarray, rows: rang
     """
     x0, x1, x2 = x.unbind(-3)
     out = [
-        float(coeffs[c, 0]) * x0 + float(coeffs[c, 1]) * x1 + float(coeffs[c, 2]) * x2 + float(offset[c])
-        for c in rows
+        float(coeffs[c, 0]) * x0 + float(coeffs[c, 1]) * x1 + float(coeffs[c, 2]) * x2 + float(offset[c]) for c in rows
     ]
     return torch.stack(out, dim=-3)
 

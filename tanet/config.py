@@ -91,7 +91,7 @@ class PatchesParams:
     patches_per_frame: int = 16  # random patch positions per reference frame
     min_std: float = 2.0  # skip patches whose LR centre Y std (grey levels) is below this
     rows_per_group: int = 512  # Parquet row group size (the loader's unit of reading)
-    max_shard_mb: int = 64  # size bound of one shard file
+    max_shard_mb: float = 64.0  # size bound of one shard file (MiB)
     seed: int = 0  # patch positions are a pure function of the seed and the inputs
 
     def __post_init__(self) -> None:
@@ -99,7 +99,7 @@ class PatchesParams:
         _check(self.patches_per_frame >= 1, "patches_per_frame", "must be >= 1")
         _check(self.min_std >= 0, "min_std", "must be >= 0")
         _check(self.rows_per_group >= 1, "rows_per_group", "must be >= 1")
-        _check(self.max_shard_mb >= 1, "max_shard_mb", "must be >= 1")
+        _check(self.max_shard_mb > 0, "max_shard_mb", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,9 @@ class Params:
 
     def __post_init__(self) -> None:
         if self.model.scale not in self.degrade.scales:
-            raise ConfigError(f"model.scale: {self.model.scale} is not among degrade.scales {list(self.degrade.scales)}")
+            raise ConfigError(
+                f"model.scale: {self.model.scale} is not among degrade.scales {list(self.degrade.scales)}"
+            )
         if self.patches.degradation not in self.degrade.kinds:
             raise ConfigError(
                 f"patches.degradation: {self.patches.degradation} is not among degrade.kinds {list(self.degrade.kinds)}"

@@ -330,7 +330,9 @@ def bd_degrade(hr_u8: torch.Tensor, scale: int, sigma: float = 1.6, kernel_size:
 
 
 @functools.lru_cache(maxsize=32)
-def _blur_decimate_matrix(in_len: int, scale: int, sigma: float, kernel_size: int, device: torch.device) -> torch.Tensor:
+def _blur_decimate_matrix(
+    in_len: int, scale: int, sigma: float, kernel_size: int, device: torch.device
+) -> torch.Tensor:
     """``(in_len // scale, in_len)`` float64 matrix: 1-D Gaussian blur, replicate border, decimation.
 
     Row ``i`` holds the normalised 1-D Gaussian centred on input ``scale * i``; taps past

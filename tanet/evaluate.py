@@ -124,8 +124,9 @@ def with_alignment(model: VSRNet, mode: str) -> VSRNet:
     return net.eval()
 
 
-def run_methods(clip: EvalClip, joint: VSRNet, branches: list[torch.nn.Module], *, device: torch.device,
-                tile: int, flow_method: str) -> tuple[dict[str, list[np.ndarray]], np.ndarray | None]:
+def run_methods(
+    clip: EvalClip, joint: VSRNet, branches: list[torch.nn.Module], *, device: torch.device, tile: int, flow_method: str
+) -> tuple[dict[str, list[np.ndarray]], np.ndarray | None]:
     """Every method's HR frames for a clip, and the joint network's weights at the middle frame."""
     cfg = joint.cfg
     outputs: dict[str, list[np.ndarray]] = {"bicubic": bicubic_frames(clip, cfg.scale)}
@@ -146,15 +147,25 @@ def run_methods(clip: EvalClip, joint: VSRNet, branches: list[torch.nn.Module], 
             mid_weights = out["weights"].cpu().numpy()
     others = [m for m in ("none", "rof") if m != cfg.alignment]
     for mode in others:
-        outputs[f"tanet_align_{mode}"] = [r.rgb for r in Upscaler(with_alignment(joint, mode), device=device, tile=tile,
-                                                                   flow_method=flow_method).upscale_frames(clip.lr)]
+        outputs[f"tanet_align_{mode}"] = [
+            r.rgb
+            for r in Upscaler(
+                with_alignment(joint, mode), device=device, tile=tile, flow_method=flow_method
+            ).upscale_frames(clip.lr)
+        ]
     for i, branch in enumerate(branches, start=1):
-        outputs[f"branch_{i}"] = [r.rgb for r in Upscaler(StandaloneBranch(branch), device=device, tile=tile,
-                                                           flow_method=flow_method).upscale_frames(clip.lr)]
+        outputs[f"branch_{i}"] = [
+            r.rgb
+            for r in Upscaler(
+                StandaloneBranch(branch), device=device, tile=tile, flow_method=flow_method
+            ).upscale_frames(clip.lr)
+        ]
     return outputs, mid_weights
 
 
-def score(outputs: dict[str, list[np.ndarray]], gt: list[np.ndarray], crop: int, flicker: bool) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+def score(
+    outputs: dict[str, list[np.ndarray]], gt: list[np.ndarray], crop: int, flicker: bool
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Per-method clip means and per-frame rows."""
     gt_t = [_tensor(g) for g in gt]
     summary, rows = {}, []
@@ -164,7 +175,9 @@ def score(outputs: dict[str, list[np.ndarray]], gt: list[np.ndarray], crop: int,
         s = [float(b) for _, b in per]
         summary[method] = {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
         if flicker and method in ("bicubic", "tanet") and len(frames) >= 2:
-            summary[method]["tof"] = float(temporal_flicker(torch.stack([_tensor(f) for f in frames]), torch.stack(gt_t)))
+            summary[method]["tof"] = float(
+                temporal_flicker(torch.stack([_tensor(f) for f in frames]), torch.stack(gt_t))
+            )
         rows += [{"method": method, "frame": i, "psnr": a, "ssim": b} for i, (a, b) in enumerate(zip(p, s))]
     return summary, rows
 
@@ -181,8 +194,15 @@ def _best_crop(gt: np.ndarray, size: int) -> tuple[int, int]:
     return int(y), int(x)
 
 
-def save_figures(out_dir: Path, dataset: str, clip: str, outputs: dict[str, list[np.ndarray]], gt: list[np.ndarray],
-                 weights: np.ndarray | None, rows: list[dict[str, Any]]) -> None:
+def save_figures(
+    out_dir: Path,
+    dataset: str,
+    clip: str,
+    outputs: dict[str, list[np.ndarray]],
+    gt: list[np.ndarray],
+    weights: np.ndarray | None,
+    rows: list[dict[str, Any]],
+) -> None:
     """Crops (bicubic | tanet | GT), the weight map and the per-frame PSNR curves, as PNG."""
     import matplotlib
 
@@ -224,8 +244,18 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def run_evaluate(params: Params, root: Path, model_dir: Path, pretrain_dir: Path | None, clips_dir: Path, lr_dir: Path,
-                 metrics_path: Path, frames_csv: Path, plots_dir: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def run_evaluate(
+    params: Params,
+    root: Path,
+    model_dir: Path,
+    pretrain_dir: Path | None,
+    clips_dir: Path,
+    lr_dir: Path,
+    metrics_path: Path,
+    frames_csv: Path,
+    plots_dir: Path,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     """Evaluates the joint model, its branches and bicubic on every available dataset.
 
     Args:
@@ -252,13 +282,19 @@ def run_evaluate(params: Params, root: Path, model_dir: Path, pretrain_dir: Path
     deg = Degradation(kind, scale, params.degrade.bd_sigma, params.degrade.bd_kernel_size)
     branches = []
     if pretrain_dir is not None:
-        branches = [load_model_dir(pretrain_dir / f"branch_{i}", device)[0] for i in range(1, joint.cfg.num_branches + 1)]
+        branches = [
+            load_model_dir(pretrain_dir / f"branch_{i}", device)[0] for i in range(1, joint.cfg.num_branches + 1)
+        ]
     vid4_dir = (root / ep.vid4_dir).resolve()
     sources: list[Iterator[EvalClip]] = [heldout_clips(params, clips_dir, lr_dir, ep.max_frames)]
     if ep.vid4 == "on" and not (vid4_dir / "GT").is_dir():
         raise TanetError(f"evaluate.vid4 is 'on' but {vid4_dir / 'GT'} does not exist")
     if ep.vid4 != "off" and (vid4_dir / "GT").is_dir():
-        sources = [vid4_clips(vid4_dir, deg, ep.max_frames), vid4_reference_clips(vid4_dir, deg, ep.max_frames), *sources]
+        sources = [
+            vid4_clips(vid4_dir, deg, ep.max_frames),
+            vid4_reference_clips(vid4_dir, deg, ep.max_frames),
+            *sources,
+        ]
     elif ep.vid4 == "auto":
         log.info("Vid4 not found at %s: evaluating the held-out clips only", vid4_dir)
     per_clip: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -267,14 +303,19 @@ def run_evaluate(params: Params, root: Path, model_dir: Path, pretrain_dir: Path
         for source in sources:
             for clip in source:
                 log.info("evaluating %s/%s (%d frames)", clip.dataset, clip.clip_id, len(clip.lr))
-                outputs, weights = run_methods(clip, joint, branches, device=device, tile=ep.tile, flow_method=params.flow.method)
+                outputs, weights = run_methods(
+                    clip, joint, branches, device=device, tile=ep.tile, flow_method=params.flow.method
+                )
                 summary, rows = score(outputs, clip.gt, ep.crop, ep.flicker)
                 for method, vals in summary.items():
                     per_clip.setdefault(clip.dataset, {}).setdefault(method, []).append(vals)
                 all_rows += [{"dataset": clip.dataset, "clip": clip.clip_id, **r} for r in rows]
                 save_figures(plots_tmp, clip.dataset, clip.clip_id, outputs, clip.gt, weights, rows)
     result = {
-        dataset: {method: {k: round(float(np.mean([v[k] for v in clips])), 4) for k in clips[0]} for method, clips in methods.items()}
+        dataset: {
+            method: {k: round(float(np.mean([v[k] for v in clips])), 4) for k in clips[0]}
+            for method, clips in methods.items()
+        }
         for dataset, methods in per_clip.items()
     }
     atomic_write_json(metrics_path, result)

@@ -110,4 +110,3 @@ def write_rgb(path: str | Path, rgb: np.ndarray, png_compression: int = 1) -> No
     if not ok:
         raise InputError(path, "cannot encode image")
     atomic_write_bytes(path, buf.tobytes())
-

@@ -72,8 +72,14 @@ class Upscaler:
         flow_method: optical flow used by ROF alignment.
     """
 
-    def __init__(self, model: VSRNet | StandaloneBranch, device: torch.device | str = "cpu", precision: Precision = "fp32",
-                 tile: int = 0, flow_method: str = "dis") -> None:
+    def __init__(
+        self,
+        model: VSRNet | StandaloneBranch,
+        device: torch.device | str = "cpu",
+        precision: Precision = "fp32",
+        tile: int = 0,
+        flow_method: str = "dis",
+    ) -> None:
         if not isinstance(model, (VSRNet, StandaloneBranch)):
             raise TypeError(f"Upscaler needs a VSRNet or StandaloneBranch, got {type(model).__name__}")
         self.device = torch.device(device)
@@ -112,8 +118,11 @@ class Upscaler:
     def _network_input(self, prepared: list[dict[str, Any]]) -> torch.Tensor:
         planes = np.stack([p["planes"] for p in prepared])  # (T, C, h, w) uint8
         if self.cfg.alignment == "rof":
-            luma = planes[:, 0] if self.cfg.color == "y" else np.stack(
-                [rgb_to_y_uint8(p["rgb"]).numpy()[0] for p in prepared])
+            luma = (
+                planes[:, 0]
+                if self.cfg.color == "y"
+                else np.stack([rgb_to_y_uint8(p["rgb"]).numpy()[0] for p in prepared])
+            )
             aligned_luma, shifts = align_window(luma, self.cfg.align_block, self.flow_method)
             if self.cfg.color == "y":
                 planes = aligned_luma[:, None]
@@ -121,11 +130,16 @@ class Upscaler:
                 from tanet.align.rof import apply_block_shifts
 
                 centre = len(planes) // 2
-                planes = np.stack([
-                    planes[k] if k == centre else
-                    apply_block_shifts(planes[k].transpose(1, 2, 0), shifts[k], self.cfg.align_block).transpose(2, 0, 1)
-                    for k in range(len(planes))
-                ])
+                planes = np.stack(
+                    [
+                        planes[k]
+                        if k == centre
+                        else apply_block_shifts(
+                            planes[k].transpose(1, 2, 0), shifts[k], self.cfg.align_block
+                        ).transpose(2, 0, 1)
+                        for k in range(len(planes))
+                    ]
+                )
         return torch.from_numpy(np.ascontiguousarray(planes)).to(self.device).float().div_(255)[None]
 
     # -- the network, tiled ------------------------------------------------------------
@@ -155,8 +169,12 @@ class Upscaler:
                     oy, ox = r * (y0 - py0), r * (x0 - px0)
                     for key, val in part.items():
                         if key not in out:
-                            out[key] = torch.empty(*val.shape[:-2], r * h, r * w, device=val.device, dtype=torch.float32)
-                        out[key][..., r * y0 : r * y1, r * x0 : r * x1] = val[..., oy : oy + r * (y1 - y0), ox : ox + r * (x1 - x0)]
+                            out[key] = torch.empty(
+                                *val.shape[:-2], r * h, r * w, device=val.device, dtype=torch.float32
+                            )
+                        out[key][..., r * y0 : r * y1, r * x0 : r * x1] = val[
+                            ..., oy : oy + r * (y1 - y0), ox : ox + r * (x1 - x0)
+                        ]
             return out
 
     def _tanet(self, x: torch.Tensor, want_all: bool) -> dict[str, torch.Tensor]:

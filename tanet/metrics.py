@@ -260,7 +260,5 @@ def temporal_flicker(sr_frames: torch.Tensor, gt_frames: torch.Tensor) -> float:
     def y_u8(clip: torch.Tensor) -> list[np.ndarray]:
         return [np.ascontiguousarray(f[..., 0]) for f in to_numpy(rgb_to_y_uint8(clip))]
 
-    diffs = [
-        float(np.abs(fs - fg).mean()) for fs, fg in zip(_dis_flows(y_u8(sr_frames)), _dis_flows(y_u8(gt_frames)))
-    ]
+    diffs = [float(np.abs(fs - fg).mean()) for fs, fg in zip(_dis_flows(y_u8(sr_frames)), _dis_flows(y_u8(gt_frames)))]
     return math.fsum(diffs) / len(diffs)

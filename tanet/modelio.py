@@ -42,12 +42,16 @@ class BranchModel(nn.Module):
         return self.branch(frames[:, centre - (self.index - 1) : centre + self.index])
 
 
-def write_model_dir(out_dir: Path, model: nn.Module, job: Any, meta: dict[str, Any], history: list[dict[str, Any]]) -> None:
+def write_model_dir(
+    out_dir: Path, model: nn.Module, job: Any, meta: dict[str, Any], history: list[dict[str, Any]]
+) -> None:
     """Writes ``model.safetensors``, ``model.json`` and ``history.json`` into a folder, atomically."""
     with atomic_dir(out_dir) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
-        atomic_write_json(tmp / MODEL_META, {"format": 1, "kind": job.kind, "branch": job.branch,
-                                              "model": job.model.to_dict(), **meta})
+        atomic_write_json(
+            tmp / MODEL_META,
+            {"format": 1, "kind": job.kind, "branch": job.branch, "model": job.model.to_dict(), **meta},
+        )
         atomic_write_json(tmp / HISTORY, history)
 
 
@@ -64,7 +68,7 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[nn.M
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise TanetError(f"{path / CKPT_WEIGHTS}: weights do not fit the model config in {MODEL_META}: {str(err).splitlines()[0]}") from None
+        raise TanetError(
+            f"{path / CKPT_WEIGHTS}: weights do not fit the model config in {MODEL_META}: {str(err).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), meta
-
-

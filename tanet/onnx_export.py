@@ -54,14 +54,26 @@ def export_onnx(model_dir: Path, output: Path, opset: int = 18, check: bool = Tr
     # Batch 2 and sizes that are not multiples of the SAN block, so the exporter keeps batch,
     # H and W symbolic (it specialises 1-sized dims and would drop the padding path).
     example = torch.rand(2, cfg.num_frames, cfg.channels, 2 * cfg.align_block + 5, 3 * cfg.align_block + 3)
-    dims = {0: torch.export.Dim("batch", min=1, max=1024), 3: torch.export.Dim("height", min=8, max=16384),
-            4: torch.export.Dim("width", min=8, max=16384)}
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=1024),
+        3: torch.export.Dim("height", min=8, max=16384),
+        4: torch.export.Dim("width", min=8, max=16384),
+    }
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(tmp), input_names=["window"], output_names=["sr"], opset_version=opset,
-                          dynamo=True, dynamic_shapes={"window": dims}, external_data=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["window"],
+            output_names=["sr"],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={"window": dims},
+            external_data=False,
+        )
     if check:
         err = parity(module, tmp, cfg.num_frames, cfg.channels)
         if err > atol:
@@ -72,7 +84,9 @@ def export_onnx(model_dir: Path, output: Path, opset: int = 18, check: bool = Tr
     return output
 
 
-def parity(module: nn.Module, onnx_path: Path, num_frames: int, channels: int, size: tuple[int, int] = (37, 53)) -> float:
+def parity(
+    module: nn.Module, onnx_path: Path, num_frames: int, channels: int, size: tuple[int, int] = (37, 53)
+) -> float:
     """Max |onnxruntime - PyTorch| on a random window of an odd size unseen at export."""
     import onnxruntime as ort
 

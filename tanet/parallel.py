@@ -19,7 +19,9 @@ R = TypeVar("R")
 class Mapper(Protocol):
     """``mapper(fn, items, names)`` -> results or exceptions, in the order of ``items``."""
 
-    def __call__(self, fn: Callable[[T], R], items: Sequence[T], names: Sequence[str] | None = None) -> list[R | BaseException]: ...
+    def __call__(
+        self, fn: Callable[[T], R], items: Sequence[T], names: Sequence[str] | None = None
+    ) -> list[R | BaseException]: ...
 
 
 def _call(fn: Callable[[T], R], item: T) -> R | BaseException:

@@ -67,13 +67,18 @@ def scores_from_tags(tags: dict[str, str], metric: str) -> dict[str, float]:
     return out
 
 
-def champion_decision(candidate: dict[str, float], champion: dict[str, float] | None, min_gain: float) -> tuple[bool, str]:
+def champion_decision(
+    candidate: dict[str, float], champion: dict[str, float] | None, min_gain: float
+) -> tuple[bool, str]:
     """Whether the candidate becomes champion, and why (pure; see the module docstring)."""
     if champion is None:
         return True, "no champion yet"
     common = [d for prefix in DATASET_ORDER for d in sorted(candidate) if d.startswith(prefix) and d in champion]
     if not common:
-        return False, f"no dataset in common with the champion (candidate {sorted(candidate)}, champion {sorted(champion)})"
+        return (
+            False,
+            f"no dataset in common with the champion (candidate {sorted(candidate)}, champion {sorted(champion)})",
+        )
     ds = common[0]
     cand, champ = candidate[ds], champion[ds]
     if cand > champ + min_gain:
@@ -81,9 +86,18 @@ def champion_decision(candidate: dict[str, float], champion: dict[str, float] | 
     return False, f"{ds}: {cand:.4f} does not beat champion {champ:.4f} + {min_gain}"
 
 
-def register_model(model_dir: Path, eval_result: dict[str, Any], *, model_name: str, metric: str, min_gain: float,
-                   params: dict[str, Any] | None = None, tracker: Tracker | None = None, experiment: str = "tanet",
-                   root: Path | None = None) -> dict[str, Any]:
+def register_model(
+    model_dir: Path,
+    eval_result: dict[str, Any],
+    *,
+    model_name: str,
+    metric: str,
+    min_gain: float,
+    params: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
+    experiment: str = "tanet",
+    root: Path | None = None,
+) -> dict[str, Any]:
     """Logs, registers and (maybe) promotes a model; returns the registration record.
 
     Args:
@@ -151,7 +165,9 @@ def register_model(model_dir: Path, eval_result: dict[str, Any], *, model_name: 
         champion_scores = scores_from_tags(champ.tags, metric)
     except Exception:  # noqa: BLE001 - MLflow raises a generic error when the alias is unset
         pass
-    promote, reason = champion_decision(scores_from_tags({k: str(v) for k, v in tags.items()}, metric), champion_scores, min_gain)
+    promote, reason = champion_decision(
+        scores_from_tags({k: str(v) for k, v in tags.items()}, metric), champion_scores, min_gain
+    )
     if promote:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         champion_version = version

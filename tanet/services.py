@@ -84,7 +84,9 @@ def check_port(host: str, port: int, flag: str) -> None:
         try:
             sock.bind((host, port))
         except OSError:
-            raise TanetError(f"port {port} on {host} is in use; stop what holds it or pass {flag} PORT (0 = any free port)") from None
+            raise TanetError(
+                f"port {port} on {host} is in use; stop what holds it or pass {flag} PORT (0 = any free port)"
+            ) from None
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -144,8 +146,17 @@ def read_state(state_dir: Path) -> Services | None:
     return Services(**json.loads(path.read_text()))
 
 
-def serve(root: Path, *, prefect_port: int = 4200, mlflow_port: int = 5000, host: str = "127.0.0.1",
-          state_dir: Path | None = None, deploy: bool = True, worker: bool = True, timeout: float = 120.0) -> Services:
+def serve(
+    root: Path,
+    *,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    host: str = "127.0.0.1",
+    state_dir: Path | None = None,
+    deploy: bool = True,
+    worker: bool = True,
+    timeout: float = 120.0,
+) -> Services:
     """Starts the services (see the module docstring); returns what runs where.
 
     Args:
@@ -161,7 +172,9 @@ def serve(root: Path, *, prefect_port: int = 4200, mlflow_port: int = 5000, host
     state_dir = state_dir or root / ".tanet" / "services"
     running = read_state(state_dir)
     if running is not None and any(_alive(pid) for pid in running.pids.values()):
-        raise TanetError(f"services already running ({running.prefect_api_url}, {running.mlflow_tracking_uri}); run `tanet stop` first")
+        raise TanetError(
+            f"services already running ({running.prefect_api_url}, {running.mlflow_tracking_uri}); run `tanet stop` first"
+        )
     prefect_port = prefect_port or free_port()
     mlflow_port = mlflow_port or free_port()
     check_port(host, prefect_port, "--prefect-port")
@@ -171,30 +184,70 @@ def serve(root: Path, *, prefect_port: int = 4200, mlflow_port: int = 5000, host
     svc = Services(f"http://{host}:{prefect_port}/api", f"http://{host}:{mlflow_port}", POOL)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs["prefect-server"] = _spawn([_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
-                                         logs / "prefect-server.log", env, root)
+        procs["prefect-server"] = _spawn(
+            [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+            logs / "prefect-server.log",
+            env,
+            root,
+        )
         procs["mlflow-server"] = _spawn(
-            [_bin("mlflow"), "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{(state_dir / 'mlflow.db').resolve()}",
-             "--artifacts-destination", str((state_dir / "mlartifacts").resolve())],
-            logs / "mlflow-server.log", env, root)
+            [
+                _bin("mlflow"),
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{(state_dir / 'mlflow.db').resolve()}",
+                "--artifacts-destination",
+                str((state_dir / "mlartifacts").resolve()),
+            ],
+            logs / "mlflow-server.log",
+            env,
+            root,
+        )
         svc.pids = {k: p.pid for k, p in procs.items()}
         svc.logs = {k: str(logs / f"{k}.log") for k in procs}
         atomic_write_json(state_dir / STATE, asdict(svc))
-        wait_healthy("Prefect server", f"{svc.prefect_api_url}/health", procs["prefect-server"], logs / "prefect-server.log", timeout)
-        wait_healthy("MLflow server", f"{svc.mlflow_tracking_uri}/health", procs["mlflow-server"], logs / "mlflow-server.log", timeout)
+        wait_healthy(
+            "Prefect server",
+            f"{svc.prefect_api_url}/health",
+            procs["prefect-server"],
+            logs / "prefect-server.log",
+            timeout,
+        )
+        wait_healthy(
+            "MLflow server",
+            f"{svc.mlflow_tracking_uri}/health",
+            procs["mlflow-server"],
+            logs / "mlflow-server.log",
+            timeout,
+        )
         client_env = {**env, **svc.env()}
         if deploy:
             _run([_bin("prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], client_env, root)
-            _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], {**client_env, "TANET_REPO": str(root.resolve())}, root)
+            _run(
+                [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+                {**client_env, "TANET_REPO": str(root.resolve())},
+                root,
+            )
         if worker:
-            procs["prefect-worker"] = _spawn([_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
-                                             logs / "prefect-worker.log", client_env, root)
+            procs["prefect-worker"] = _spawn(
+                [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+                logs / "prefect-worker.log",
+                client_env,
+                root,
+            )
             svc.pids["prefect-worker"] = procs["prefect-worker"].pid
             svc.logs["prefect-worker"] = str(logs / "prefect-worker.log")
             time.sleep(1.0)
             if procs["prefect-worker"].poll() is not None:
-                raise TanetError(f"Prefect worker exited at start; see {logs / 'prefect-worker.log'}:\n{_tail(logs / 'prefect-worker.log')}")
+                raise TanetError(
+                    f"Prefect worker exited at start; see {logs / 'prefect-worker.log'}:\n{_tail(logs / 'prefect-worker.log')}"
+                )
         atomic_write_json(state_dir / STATE, asdict(svc))
     except BaseException:
         _stop_groups(svc.pids)

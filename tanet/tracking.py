@@ -79,7 +79,9 @@ def ensure_experiment(mlflow: Any, name: str, root: Path | None = None) -> str:
 def git_commit(root: Path | None = None) -> str:
     """Current git commit of the repo (``unknown`` outside git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -131,8 +133,15 @@ def new_parent_run(experiment: str, root: Path | None = None, tags: Mapping[str,
     check_tracking_server()
     exp_id = ensure_experiment(mlflow, experiment, root)
     client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, tags={"mlflow.runName": "pipeline", "tanet.kind": "pipeline",
-                                          "tanet.git_commit": git_commit(root), **(tags or {})})
+    run = client.create_run(
+        exp_id,
+        tags={
+            "mlflow.runName": "pipeline",
+            "tanet.kind": "pipeline",
+            "tanet.git_commit": git_commit(root),
+            **(tags or {}),
+        },
+    )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -245,8 +254,15 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params_dict: Mapping[str, Any] | None, *, experiment: str = "tanet", enabled: bool = True,
-              root: Path | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[Tracker]:
+def stage_run(
+    stage: str,
+    params_dict: Mapping[str, Any] | None,
+    *,
+    experiment: str = "tanet",
+    enabled: bool = True,
+    root: Path | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Tracker]:
     """Opens a nested MLflow run for a stage under the pipeline's parent run.
 
     Args:
@@ -293,6 +309,10 @@ def child_run(parent: Tracker, name: str, tags: Mapping[str, Any] | None = None)
     prun = client.get_run(parent.run_id)
     run = client.create_run(
         prun.info.experiment_id,
-        tags={"mlflow.runName": name, "mlflow.parentRunId": parent.run_id, **{k: str(v) for k, v in (tags or {}).items()}},
+        tags={
+            "mlflow.runName": name,
+            "mlflow.parentRunId": parent.run_id,
+            **{k: str(v) for k, v in (tags or {}).items()},
+        },
     )
     return Tracker(parent.mlflow, run.info.run_id)

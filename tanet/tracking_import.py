@@ -28,10 +28,14 @@ def import_run(model_dirs: list[Path], experiment: str = "tanet") -> dict[str, A
             meta = json.loads((Path(d) / MODEL_META).read_text())
             history = json.loads((Path(d) / HISTORY).read_text())
             name = "joint" if meta["kind"] == "joint" else f"branch_{meta['branch']}"
-            run = child_run(parent, name, {"tanet.stage": "train" if name == "joint" else "pretrain", "tanet.imported": "true"})
+            run = child_run(
+                parent, name, {"tanet.stage": "train" if name == "joint" else "pretrain", "tanet.imported": "true"}
+            )
             run.log_params(flatten(meta.get("params", {})))
             for rec in history:
-                run.log_metrics({k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}, rec["step"])
+                run.log_metrics(
+                    {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}, rec["step"]
+                )
             run.log_artifact(Path(d), "model")
             run.finish()
             out[str(d)] = run.run_id

@@ -204,8 +204,12 @@ def _autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
-def compute_loss(job: Job, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def compute_loss(
+    job: Job,
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss (1) for a branch, loss (2) (+ lambda theta term for SAN) for the joint network.
 
     Returns:
@@ -243,8 +247,15 @@ def make_optimizer(model: nn.Module, optim: OptimParams, device: torch.device) -
     return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, **fast)
 
 
-def train_step(job: Job, net: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], step: int,
-               device: torch.device, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(
+    job: Job,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    device: torch.device,
+    rank: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step at 0-based ``step``: augment, set the learning rate, loss, backward, update."""
     batch = augment(batch, torch.Generator().manual_seed(_seed(job.seed, job.name, "aug", step, rank)))
     lr = lr_at(step, job.optim)
@@ -282,8 +293,10 @@ def validate(job: Job, model: nn.Module, clips: list[ValClip], device: torch.dev
     model.eval()
     per_clip = {}
     for clip in clips:
-        values = [psnr(_predict_full(job, model, clip, t, device), torch.from_numpy(gt).double())
-                  for t, gt in zip(clip.frames, clip.hr_y)]
+        values = [
+            psnr(_predict_full(job, model, clip, t, device), torch.from_numpy(gt).double())
+            for t, gt in zip(clip.frames, clip.hr_y)
+        ]
         per_clip[clip.clip_id] = float(np.mean(values))
     model.train(was_training)
     return {"val_psnr": float(np.mean(list(per_clip.values()))), **{f"val_psnr/{k}": v for k, v in per_clip.items()}}
@@ -319,13 +332,23 @@ def checkpoint_dirs(ckpt_dir: Path) -> list[Path]:
     """Complete checkpoint folders of ``ckpt_dir``, newest step first."""
     if not ckpt_dir.is_dir():
         return []
-    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX)
-             and p.name.removeprefix(CKPT_PREFIX).isdigit()]
+    found = [
+        p
+        for p in ckpt_dir.iterdir()
+        if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name.removeprefix(CKPT_PREFIX).isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name.removeprefix(CKPT_PREFIX)), reverse=True)
 
 
-def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
-                    loader_states: list[LoaderState], history: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    loader_states: list[LoaderState],
+    history: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> Path:
     """Writes ``ckpt_dir/step_<step>`` atomically, then removes every older checkpoint.
 
     The folder is filled and fsynced under a temporary name and renamed to a name that does
@@ -336,8 +359,15 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_dir))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
-        torch.save({"step": step, "optimizer": opt.state_dict(), "loader": [dataclasses.asdict(s) for s in loader_states],
-                    "history": history}, tmp / CKPT_STATE)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "loader": [dataclasses.asdict(s) for s in loader_states],
+                "history": history,
+            },
+            tmp / CKPT_STATE,
+        )
         (tmp / CKPT_META).write_text(json.dumps({"step": step, "world": len(loader_states), **meta}, indent=2) + "\n")
         for f in tmp.iterdir():
             _fsync(f)
@@ -350,7 +380,11 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in ckpt_dir.iterdir():  # older checkpoints, leftovers of killed writes, stale folders
-        if old != final and old.is_dir() and (old.name.startswith(CKPT_PREFIX) or old.name.startswith(f".{CKPT_PREFIX}")):
+        if (
+            old != final
+            and old.is_dir()
+            and (old.name.startswith(CKPT_PREFIX) or old.name.startswith(f".{CKPT_PREFIX}"))
+        ):
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -374,8 +408,10 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str, world: int = 1) -> dict[st
             log.info("%s is for other params, data or initial weights; not resumed", folder)
             continue
         if meta.get("world") != world:
-            raise TanetError(f"{folder}: written by {meta.get('world')} DDP ranks, this run has {world}; "
-                             "resume with the same number of processes or delete the checkpoint")
+            raise TanetError(
+                f"{folder}: written by {meta.get('world')} DDP ranks, this run has {world}; "
+                "resume with the same number of processes or delete the checkpoint"
+            )
         try:
             state = torch.load(folder / CKPT_STATE, map_location="cpu", weights_only=True)
             state["weights"] = load_file(str(folder / CKPT_WEIGHTS))
@@ -389,8 +425,12 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str, world: int = 1) -> dict[st
 
 def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: dict[str, torch.Tensor] | None) -> str:
     """Identity of a job's inputs: params, the shards' checksums and the initial weights."""
-    digest = hashlib.sha256(json.dumps([job.kind, job.branch, job.model.to_dict(), dataclasses.asdict(job.optim),
-                                        job.san_lambda, job.seed], sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            [job.kind, job.branch, job.model.to_dict(), dataclasses.asdict(job.optim), job.san_lambda, job.seed],
+            sort_keys=True,
+        ).encode()
+    )
     for shard in patches_manifest["shards"]:
         digest.update(str(shard["sha256"]).encode())
     for name in sorted(init_weights or {}):
@@ -473,9 +513,16 @@ def run_job(
     if init_weights is not None:
         load_init(model, init_weights)
     fields = (input_field(job), "hr") + (("theta",) if job.model.alignment == "san" and job.kind == "joint" else ())
-    loader = PatchLoader(patches_dir, optim.batch_size // world, seed=_seed(job.seed, job.name, "data"),
-                         shuffle_groups=optim.shuffle_groups, consumer=rank, num_consumers=world, fields=fields,
-                         verify=rank == 0)
+    loader = PatchLoader(
+        patches_dir,
+        optim.batch_size // world,
+        seed=_seed(job.seed, job.name, "data"),
+        shuffle_groups=optim.shuffle_groups,
+        consumer=rank,
+        num_consumers=world,
+        fields=fields,
+        verify=rank == 0,
+    )
     opt = make_optimizer(model, optim, device)
     start, history = 0, []
     state = load_checkpoint(ckpt_dir, fingerprint, world)
@@ -486,8 +533,14 @@ def run_job(
         loader.state = LoaderState(**state["loader"][rank])
         log.info("%s: resumed from %s (step %d)", job.name, state["path"], start)
     if tracker.enabled:
-        tracker.log_params({"job.name": job.name, "job.fingerprint": fingerprint, "job.world_size": world,
-                            "job.resumed_from_step": start})
+        tracker.log_params(
+            {
+                "job.name": job.name,
+                "job.fingerprint": fingerprint,
+                "job.world_size": world,
+                "job.resumed_from_step": start,
+            }
+        )
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -508,13 +561,25 @@ def run_job(
                     values /= world
                 values_list = values.tolist()  # waits for the device
                 busy += time.perf_counter() - t0
-                record = {"step": done, "loss": values_list[0], **dict(zip(parts, values_list[1:])),
-                          "lr": lr_at(step, optim), "patches_per_s": seen / max(1e-9, busy)}
+                record = {
+                    "step": done,
+                    "loss": values_list[0],
+                    **dict(zip(parts, values_list[1:])),
+                    "lr": lr_at(step, optim),
+                    "patches_per_s": seen / max(1e-9, busy),
+                }
                 history.append(record)
                 tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, done)
                 if rank == 0:
-                    log.info("%s step %d/%d loss %.5f lr %.2e %.0f patches/s", job.name, done, optim.steps,
-                             record["loss"], record["lr"], record["patches_per_s"])
+                    log.info(
+                        "%s step %d/%d loss %.5f lr %.2e %.0f patches/s",
+                        job.name,
+                        done,
+                        optim.steps,
+                        record["loss"],
+                        record["lr"],
+                        record["patches_per_s"],
+                    )
                 busy, seen = 0.0, 0
             else:
                 busy += time.perf_counter() - t0
@@ -527,8 +592,9 @@ def run_job(
                 if world > 1:
                     dist.all_gather_object(states, loader.state)
                 if rank == 0:
-                    save_checkpoint(ckpt_dir, model, opt, done, states, history,
-                                    {"fingerprint": fingerprint, "job": job.name})
+                    save_checkpoint(
+                        ckpt_dir, model, opt, done, states, history, {"fingerprint": fingerprint, "job": job.name}
+                    )
             if on_step is not None:
                 on_step(done)
             if stop_after is not None and done >= stop_after:
@@ -586,15 +652,38 @@ def joint_job(params: Params) -> Job:
     return Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
 
 
-def pretrain_branch(params: Params, i: int, dirs: DataDirs, out_dir: Path, ckpt_root: Path, *, device: torch.device,
-                    tracker: Tracker | None = None, val_clips: list[ValClip] | None = None, **kw: Any) -> dict[str, Any]:
+def pretrain_branch(
+    params: Params,
+    i: int,
+    dirs: DataDirs,
+    out_dir: Path,
+    ckpt_root: Path,
+    *,
+    device: torch.device,
+    tracker: Tracker | None = None,
+    val_clips: list[ValClip] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """Pretrains branch ``i`` into ``out_dir/branch_<i>``; returns its validation metrics (rank 0)."""
     job = branch_job(params, i)
     clips = val_clips
     if clips is None:
-        clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames) if _dist_info()[0] == 0 else []
-    return run_job(job, dirs.patches, clips, out_dir / job.name, ckpt_root / job.name, device=device, tracker=tracker,
-                   meta=_meta(params, dirs.patches), **kw)
+        clips = (
+            load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+            if _dist_info()[0] == 0
+            else []
+        )
+    return run_job(
+        job,
+        dirs.patches,
+        clips,
+        out_dir / job.name,
+        ckpt_root / job.name,
+        device=device,
+        tracker=tracker,
+        meta=_meta(params, dirs.patches),
+        **kw,
+    )
 
 
 def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tensor]:
@@ -609,8 +698,17 @@ def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tenso
     return init
 
 
-def train_joint(params: Params, dirs: DataDirs, pretrain_dir: Path | None, out_dir: Path, ckpt_root: Path, *,
-                device: torch.device, tracker: Tracker | None = None, **kw: Any) -> dict[str, Any]:
+def train_joint(
+    params: Params,
+    dirs: DataDirs,
+    pretrain_dir: Path | None,
+    out_dir: Path,
+    ckpt_root: Path,
+    *,
+    device: torch.device,
+    tracker: Tracker | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """Trains the joint network into ``out_dir``; returns its metrics incl. the bicubic baseline (rank 0)."""
     job = joint_job(params)
     rank0 = _dist_info()[0] == 0
@@ -618,8 +716,18 @@ def train_joint(params: Params, dirs: DataDirs, pretrain_dir: Path | None, out_d
     init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
     bicubic = bicubic_psnr(clips, params.model.scale) if rank0 else float("nan")
     meta = {**_meta(params, dirs.patches), "val_psnr_bicubic": bicubic}
-    metrics = run_job(job, dirs.patches, clips, out_dir, ckpt_root / job.name, device=device, init_weights=init,
-                      tracker=tracker, meta=meta, **kw)
+    metrics = run_job(
+        job,
+        dirs.patches,
+        clips,
+        out_dir,
+        ckpt_root / job.name,
+        device=device,
+        init_weights=init,
+        tracker=tracker,
+        meta=meta,
+        **kw,
+    )
     if metrics and "val_psnr" in metrics:
         metrics["val_psnr_bicubic"] = bicubic
         if tracker is not None:
@@ -634,8 +742,10 @@ def train_metrics(pretrain_dir: Path, train_dir: Path, num_branches: int) -> dic
         meta = json.loads((pretrain_dir / f"branch_{i}" / MODEL_META).read_text())
         pre[f"branch_{i}"] = {"val_psnr": round(meta["val_psnr"], 4)}
     joint = json.loads((train_dir / MODEL_META).read_text())
-    return {"pretrain": pre, "joint": {"val_psnr": round(joint["val_psnr"], 4),
-                                        "val_psnr_bicubic": round(joint["val_psnr_bicubic"], 4)}}
+    return {
+        "pretrain": pre,
+        "joint": {"val_psnr": round(joint["val_psnr"], 4), "val_psnr_bicubic": round(joint["val_psnr_bicubic"], 4)},
+    }
 
 
 # -- command line (a plain module: runs where only torch & co. are installed) -------------
@@ -663,13 +773,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", type=Path, default=Path(".tanet/checkpoints"))
     ap.add_argument("--branch", type=int, default=0, help="pretrain only this branch (1..N); 0 = all")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--tracking", choices=["auto", "mlflow", "none"], default="none",
-                    help="MLflow logging (import the run later with `tanet import-run` when none)")
+    ap.add_argument(
+        "--tracking",
+        choices=["auto", "mlflow", "none"],
+        default="none",
+        help="MLflow logging (import the run later with `tanet import-run` when none)",
+    )
     ap.add_argument("--stop-after", type=int, default=None, help="stop after N steps (testing resumption)")
     args = ap.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     params = load_params(args.params)
     if args.branch and not 1 <= args.branch <= params.model.num_branches:
         ap.error(f"--branch must be in 1..{params.model.num_branches}")
@@ -688,17 +803,32 @@ def main(argv: list[str] | None = None) -> int:
                 for i in branches:
                     branch_tr = child_run(tr, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
                     try:
-                        results[f"branch_{i}"] = pretrain_branch(params, i, dirs, args.pretrain_out,
-                                                                 args.checkpoints / "pretrain", device=device,
-                                                                 tracker=branch_tr, stop_after=args.stop_after)
+                        results[f"branch_{i}"] = pretrain_branch(
+                            params,
+                            i,
+                            dirs,
+                            args.pretrain_out,
+                            args.checkpoints / "pretrain",
+                            device=device,
+                            tracker=branch_tr,
+                            stop_after=args.stop_after,
+                        )
                     except BaseException:
                         branch_tr.finish("FAILED")
                         raise
                     branch_tr.finish()
         if args.stage in ("train", "all"):
             with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
-                results["joint"] = train_joint(params, dirs, args.pretrain_out, args.train_out, args.checkpoints / "train",
-                                               device=device, tracker=tr, stop_after=args.stop_after)
+                results["joint"] = train_joint(
+                    params,
+                    dirs,
+                    args.pretrain_out,
+                    args.train_out,
+                    args.checkpoints / "train",
+                    device=device,
+                    tracker=tr,
+                    stop_after=args.stop_after,
+                )
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

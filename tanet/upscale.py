@@ -80,7 +80,9 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
         except Exception as err:  # noqa: BLE001 - MLflow raises many types; one clear line instead
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise TanetError(f"model {spec} does not resolve in the tracking store {tracking_uri(root)}: {first}") from None
+            raise TanetError(
+                f"model {spec} does not resolve in the tracking store {tracking_uri(root)}: {first}"
+            ) from None
         return _model_dir_of(local, spec)
     path = Path(spec)
     if not path.exists():
@@ -220,8 +222,11 @@ def upscale_video(
     info = reader.info
     if getattr(info, "variable_frame_rate", None):
         reader.close()
-        raise InputError(input_path, "variable frame rate input is not supported: convert it to a constant rate first "
-                                     "(ffmpeg -i IN -fps_mode cfr OUT) so every frame keeps its time")
+        raise InputError(
+            input_path,
+            "variable frame rate input is not supported: convert it to a constant rate first "
+            "(ffmpeg -i IN -fps_mode cfr OUT) so every frame keeps its time",
+        )
     _check_output(output_path, overwrite)
     if weights_video is not None:
         _check_output(Path(weights_video), overwrite)
@@ -243,11 +248,21 @@ def upscale_video(
     writer: Any
     if video_out:
         duration = (total / float(info.fps)) if (max_frames is not None and total) else None
-        writer = VideoWriter(output_path, out_w, out_h, info.fps, audio_from=input_path if has_audio else None,
-                             codec=codec, crf=crf, preset=preset, lossless=lossless,
-                             color=info.color if hasattr(info, "color") else None,
-                             sample_aspect_ratio=getattr(info, "sample_aspect_ratio", None),
-                             overwrite=overwrite, audio_duration=duration)
+        writer = VideoWriter(
+            output_path,
+            out_w,
+            out_h,
+            info.fps,
+            audio_from=input_path if has_audio else None,
+            codec=codec,
+            crf=crf,
+            preset=preset,
+            lossless=lossless,
+            color=info.color if hasattr(info, "color") else None,
+            sample_aspect_ratio=getattr(info, "sample_aspect_ratio", None),
+            overwrite=overwrite,
+            audio_duration=duration,
+        )
     else:
         writer = FrameFolderWriter(output_path, out_w, out_h, overwrite=overwrite)
     wwriter = VideoWriter(weights_video, out_w, out_h, info.fps, overwrite=overwrite) if weights_video else None
@@ -282,7 +297,15 @@ def upscale_video(
             raise TanetError(f"{input_path}: {reader.frames_read} frames decoded but {written} written")
     bar.update(written, final=True)
     secs = time.perf_counter() - start
-    log.info("upscaled %s -> %s: %d frames x%d in %.1f s (%.2f fps)", input_path, output_path, written, r, secs, written / secs)
+    log.info(
+        "upscaled %s -> %s: %d frames x%d in %.1f s (%.2f fps)",
+        input_path,
+        output_path,
+        written,
+        r,
+        secs,
+        written / secs,
+    )
     return UpscaleReport(str(input_path), str(output_path), written, secs, written / max(secs, 1e-9), r, has_audio)
 
 
@@ -303,8 +326,16 @@ def make_lr_sample(source: Path, out_path: Path, scale: int, seconds: float, kin
         info = reader.info
         n = max(1, round(seconds * float(info.fps)))
         h, w = (info.height // scale), (info.width // scale)
-        with VideoWriter(out_path, w, h, info.fps, audio_from=source if info.has_audio else None, crf=12,
-                         overwrite=True, audio_duration=n / float(info.fps)) as writer:
+        with VideoWriter(
+            out_path,
+            w,
+            h,
+            info.fps,
+            audio_from=source if info.has_audio else None,
+            crf=12,
+            overwrite=True,
+            audio_duration=n / float(info.fps),
+        ) as writer:
             for i, frame in enumerate(reader):
                 if i >= n:
                     break

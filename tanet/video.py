@@ -196,9 +196,7 @@ def probe(path: str | Path) -> VideoInfo:
     fields = _split_top_level(video.desc)
     pix_fmt, color = _parse_pix_fmt(fields[1] if len(fields) > 1 else "none")
     if pix_fmt == "none":
-        raise VideoError(
-            path, f"ffmpeg cannot tell the pixel format of {video.codec} stream #{video.index} (damaged?)"
-        )
+        raise VideoError(path, f"ffmpeg cannot tell the pixel format of {video.codec} stream #{video.index} (damaged?)")
     size = next((m for f in fields if (m := re.match(r"(\d+)x(\d+)", f))), None)
     if size is None:
         raise VideoError(path, f"no frame size in the {video.codec} stream description")
@@ -247,9 +245,7 @@ def _ffmpeg_describe(path: Path) -> str:
         raise VideoError(path, "file is empty (0 bytes)")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())]
     try:
-        proc = subprocess.run(
-            cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S
-        )
+        proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise VideoError(path, f"ffmpeg took more than {_PROBE_TIMEOUT_S} s to read the header") from None
     text = proc.stderr.decode("utf-8", "replace")
@@ -588,9 +584,7 @@ class VideoReader:
             self._done = True
             raise StopIteration
         if self._proc is None:
-            self._proc, self._stderr = _popen(
-                self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
-            )
+            self._proc, self._stderr = _popen(self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         frame = np.empty(self._frame_shape, dtype=np.uint8)
         got = _read_exactly(self._proc.stdout, memoryview(frame).cast("B"))
         if got == self._frame_bytes:
@@ -612,15 +606,11 @@ class VideoReader:
         if rc != 0:
             raise VideoError(self.path, f"ffmpeg exited with status {rc} {where}:\n{tail}")
         if partial:
-            raise VideoError(
-                self.path, f"truncated frame: {partial} of {self._frame_bytes} bytes {where}:\n{tail}"
-            )
+            raise VideoError(self.path, f"truncated frame: {partial} of {self._frame_bytes} bytes {where}:\n{tail}")
         if self._stderr.damage:
             if self.strict:
                 raise VideoError(self.path, f"ffmpeg reported a damaged or cut-off file {where}:\n{tail}")
-            log.warning(
-                "%s: ffmpeg reported damage; frames may be missing: %s", self.path, self._stderr.damage[0]
-            )
+            log.warning("%s: ffmpeg reported damage; frames may be missing: %s", self.path, self._stderr.damage[0])
         if self.frames_read == 0:
             raise VideoError(self.path, f"ffmpeg decoded no frames:\n{tail}")
 
@@ -971,9 +961,7 @@ class VideoWriter:
 
     def _start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent
-        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
         os.close(fd)  # the name is reserved; ffmpeg overwrites the empty file (-y)
         self._tmp = Path(tmp)
         self._proc, self._stderr = _popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -1032,9 +1020,7 @@ class VideoWriter:
                     f"ffmpeg exited with status {rc} after {self.frames_written} frames:\n{self._stderr.text()}",
                 )
             if self.path.exists() and not self.overwrite:
-                raise OutputExistsError(
-                    self.path, "output appeared while writing (pass overwrite=True to replace it)"
-                )
+                raise OutputExistsError(self.path, "output appeared while writing (pass overwrite=True to replace it)")
             os.replace(self._tmp, self.path)
         finally:
             self._tmp.unlink(missing_ok=True)
@@ -1155,9 +1141,7 @@ def _can_mux(source: Path, selector: str, codec: str, suffix: str) -> bool:
             str(Path(tmp) / f"check{suffix}"), t=1, **{f"c:{selector}": codec}
         )
         cmd = out.global_args(*_QUIET).compile(cmd=ffmpeg_exe(), overwrite_output=True)
-        proc = subprocess.run(
-            cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S
-        )
+        proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S)
     return proc.returncode == 0
 
 

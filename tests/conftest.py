@@ -18,6 +18,8 @@ SHARED = ROOT.parent / "shared"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Many small torch ops on a shared 2-core machine: busy-waiting OpenMP threads slow them 4-10x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def make_model_dir(path: Path, alignment: str = "none", seed: int = 0, scale: int = 4) -> Path:
@@ -33,8 +35,20 @@ def make_model_dir(path: Path, alignment: str = "none", seed: int = 0, scale: in
     cfg = tanet_s(scale=scale, alignment=alignment, align_block=16)
     net = VSRNet(cfg)
     job = Job("joint", 0, cfg, OptimParams(steps=1))
-    write_model_dir(path, net, job, {"scale": scale, "degradation": "BI", "val_psnr": 20.0, "val_psnr_bicubic": 19.0,
-                                     "licences": ["test"], "patches_sha256": "0" * 64}, [])
+    write_model_dir(
+        path,
+        net,
+        job,
+        {
+            "scale": scale,
+            "degradation": "BI",
+            "val_psnr": 20.0,
+            "val_psnr_bicubic": 19.0,
+            "licences": ["test"],
+            "patches_sha256": "0" * 64,
+        },
+        [],
+    )
     return path
 
 
@@ -66,14 +80,37 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 
     repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", "tiny")
     t0 = time.perf_counter()
-    served = run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"], repo, tool_env())
+    served = run(
+        [sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"], repo, tool_env()
+    )
     serve_seconds = time.perf_counter() - t0
-    env = dict(line.removeprefix("export ").split("=", 1) for line in served.stdout.splitlines() if line.startswith("export "))
+    env = dict(
+        line.removeprefix("export ").split("=", 1) for line in served.stdout.splitlines() if line.startswith("export ")
+    )
     try:
         t0 = time.perf_counter()
-        res = run(["prefect", "deployment", "run", "train-tanet/train-tanet", "--param", "preset=tiny", "--watch",
-                   "--watch-timeout", "2400"], repo, tool_env(env), timeout=2700)
-        yield {"repo": repo, "env": env, "log": res.stdout + res.stderr, "serve_seconds": serve_seconds,
-               "run_seconds": time.perf_counter() - t0}
+        res = run(
+            [
+                "prefect",
+                "deployment",
+                "run",
+                "train-tanet/train-tanet",
+                "--param",
+                "preset=tiny",
+                "--watch",
+                "--watch-timeout",
+                "2400",
+            ],
+            repo,
+            tool_env(env),
+            timeout=2700,
+        )
+        yield {
+            "repo": repo,
+            "env": env,
+            "log": res.stdout + res.stderr,
+            "serve_seconds": serve_seconds,
+            "run_seconds": time.perf_counter() - t0,
+        }
     finally:
         run([sys.executable, "-m", "tanet.cli", "stop"], repo, tool_env())

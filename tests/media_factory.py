@@ -27,9 +27,7 @@ def ffmpeg(*args: str) -> None:
         raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
 
 
-def _testsrc(
-    size: tuple[int, int] = SIZE, fps: Fraction | int | str = 25, source: str = "testsrc2"
-) -> list[str]:
+def _testsrc(size: tuple[int, int] = SIZE, fps: Fraction | int | str = 25, source: str = "testsrc2") -> list[str]:
     return ["-f", "lavfi", "-i", f"{source}=size={size[0]}x{size[1]}:rate={Fraction(fps)}"]
 
 

@@ -14,7 +14,11 @@ BIN = Path(sys.executable).parent
 
 def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for stage commands: this venv first on PATH, telemetry off, no inherited servers."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "TANET_PARENT_RUN_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "TANET_PARENT_RUN_ID")
+    }
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         DVC_NO_ANALYTICS="1",
@@ -29,8 +33,20 @@ def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def project_files() -> list[str]:
     """Tracked and untracked-but-not-ignored files of the project (what a clone would have)."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
-    skip = ("metrics/", "plots/", "dvc.lock", "data/sample", "data/clips", "data/lr", "data/flow", "data/patches", "data/models")
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    skip = (
+        "metrics/",
+        "plots/",
+        "dvc.lock",
+        "data/sample",
+        "data/clips",
+        "data/lr",
+        "data/flow",
+        "data/patches",
+        "data/models",
+    )
     return [f for f in out.stdout.splitlines() if f and not f.startswith(skip) and (ROOT / f).is_file()]
 
 
@@ -53,7 +69,9 @@ def make_repo(dest: Path, preset: str = "tiny", overrides: dict[str, object] | N
     return dest
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
     """Runs a command, raising with its output on failure."""
     res = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:

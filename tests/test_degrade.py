@@ -71,7 +71,9 @@ def test_bd_within_two_levels_of_reference(calendar_gt: torch.Tensor) -> None:
 # --- imresize --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [{"scale": 0.5}, {"scale": 1 / 3}, {"scale": 0.25}, {"scale": 3.0}, {"out_size": (7, 30)}])
+@pytest.mark.parametrize(
+    "kwargs", [{"scale": 0.5}, {"scale": 1 / 3}, {"scale": 0.25}, {"scale": 3.0}, {"out_size": (7, 30)}]
+)
 def test_imresize_keeps_constant_image_constant(kwargs: dict) -> None:
     x = torch.full((2, 3, 24, 21), 123.25, dtype=torch.float64)
     out = imresize(x, **kwargs)
@@ -88,7 +90,9 @@ def test_imresize_upscale_hand_computed_values() -> None:
     assert out[0, 4].item() == (-3 * 1 + 29 * 4 + 111 * 2 - 9 * 8) / 128  # 2.0546875
     # A linear ramp is reproduced away from the mirrored border.
     ramp = torch.arange(1.0, 9.0, dtype=torch.float64)[None]
-    torch.testing.assert_close(imresize(ramp, out_size=(1, 16))[0, 4:12], torch.arange(2.75, 6.75, 0.5, dtype=torch.float64))
+    torch.testing.assert_close(
+        imresize(ramp, out_size=(1, 16))[0, 4:12], torch.arange(2.75, 6.75, 0.5, dtype=torch.float64)
+    )
 
 
 def test_imresize_output_sizes_and_order() -> None:
@@ -186,7 +190,9 @@ def test_bd_samples_from_top_left() -> None:
 def test_gaussian_kernel_matches_fspecial() -> None:
     # MATLAB fspecial('gaussian', 3, 1) centre value.
     # 1 / (1 + 4 exp(-1/2) + 4 exp(-1)) = 0.2042 (as MATLAB prints it)
-    assert gaussian_kernel2d(3, 1.0)[1, 1].item() == pytest.approx(1 / (1 + 4 * np.exp(-0.5) + 4 * np.exp(-1)), abs=1e-15)
+    assert gaussian_kernel2d(3, 1.0)[1, 1].item() == pytest.approx(
+        1 / (1 + 4 * np.exp(-0.5) + 4 * np.exp(-1)), abs=1e-15
+    )
     k = gaussian_kernel2d(13, 1.6)
     assert k.sum().item() == pytest.approx(1.0, abs=1e-15)
     torch.testing.assert_close(k, k.T)

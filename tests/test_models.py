@@ -25,8 +25,12 @@ from tanet.models.cost import count_macs, count_parameters
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("kind", ["espcn", "srcnn", "residual"])
 def test_shapes_per_scale_and_kind_on_odd_sizes(scale: int, kind: str) -> None:
-    branch = BranchConfig(kind=kind, widths=(8,) if kind == "residual" else (8, 4),
-                          kernel_sizes=(3,) if kind == "residual" else (5, 3, 3), num_blocks=1 if kind == "residual" else 0)
+    branch = BranchConfig(
+        kind=kind,
+        widths=(8,) if kind == "residual" else (8, 4),
+        kernel_sizes=(3,) if kind == "residual" else (5, 3, 3),
+        num_blocks=1 if kind == "residual" else 0,
+    )
     net = TemporalAdaptiveNetwork(TANetConfig(scale=scale, channels=1, num_branches=2, branch=branch))
     x = torch.rand(2, 3, 1, 13, 7)
     out = net(x, return_all=True)

@@ -66,17 +66,40 @@ def test_serve_reports_taken_ports_and_stop_leaves_nothing(tmp_path: Path) -> No
     holder = _taken_port()
     port = holder.getsockname()[1]
     try:
-        res = subprocess.run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", str(port)], cwd=repo,
-                             env=tool_env(), capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", str(port)],
+            cwd=repo,
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+        )
         assert res.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in res.stderr
     finally:
         holder.close()
-    out = run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0", "--no-deploy",
-               "--no-worker"], repo)
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "tanet.cli",
+            "serve",
+            "--prefect-port",
+            "0",
+            "--mlflow-port",
+            "0",
+            "--no-deploy",
+            "--no-worker",
+        ],
+        repo,
+    )
     state = json.loads((repo / ".tanet/services/services.json").read_text())
     pids = list(state["pids"].values())
-    again = subprocess.run([sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"],
-                           cwd=repo, env=tool_env(), capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"],
+        cwd=repo,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2 and "already running" in again.stderr
     assert "export PREFECT_API_URL=" in out.stdout
     status = json.loads(run([sys.executable, "-m", "tanet.cli", "status"], repo).stdout)
@@ -94,8 +117,14 @@ def test_mlflow_server_down_is_a_clear_error(tmp_path: Path) -> None:
     port = sock.getsockname()[1]
     sock.close()
     code = "from tanet.tracking import new_parent_run; new_parent_run('tanet')"
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env=tool_env({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}))
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=tool_env({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}),
+    )
     assert res.returncode != 0 and f"MLflow tracking server http://127.0.0.1:{port} is not reachable" in res.stderr
 
 
@@ -103,8 +132,23 @@ def test_preprocessing_fans_out_on_a_dask_cluster(tiny_pipeline: dict[str, objec
     pytest.importorskip("prefect_dask")
     repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
     out = tmp_path / "lr"
-    run([sys.executable, "-m", "flows.degrade", "--params", "params.yaml", "--clips", "data/clips", "--out", str(out),
-         "--task-runner", "dask"], repo, tool_env())
+    run(
+        [
+            sys.executable,
+            "-m",
+            "flows.degrade",
+            "--params",
+            "params.yaml",
+            "--clips",
+            "data/clips",
+            "--out",
+            str(out),
+            "--task-runner",
+            "dask",
+        ],
+        repo,
+        tool_env(),
+    )
     ref = sorted(p.relative_to(repo / "data/lr") for p in (repo / "data/lr").rglob("*.png"))
     got = sorted(p.relative_to(out) for p in out.rglob("*.png"))
     assert got == ref and ref

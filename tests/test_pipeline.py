@@ -42,7 +42,9 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline: dict[str, object
     assert {"val_psnr", "val_psnr_bicubic"} <= set(train["joint"])
     ev = json.loads((repo / "metrics/eval.json").read_text())
     methods = ev["heldout_BIx4"]
-    assert {"bicubic", "tanet", "branch_1", "branch_2", "branch_3", "tanet_branch_1", "tanet_align_none"} <= set(methods)
+    assert {"bicubic", "tanet", "branch_1", "branch_2", "branch_3", "tanet_branch_1", "tanet_align_none"} <= set(
+        methods
+    )
     assert all({"psnr", "ssim"} <= set(v) for v in methods.values())
     assert "tof" in methods["tanet"]
     assert list((repo / "plots/eval").glob("*__crops.png")) and list((repo / "plots/eval").glob("*__psnr.png"))

@@ -25,7 +25,9 @@ def test_champion_rule_is_pure_and_compares_like_with_like() -> None:
     assert not champion_decision({"vid4_BIx4": 25.05}, {"vid4_BIx4": 25.0}, 0.1)[0]
     promote, why = champion_decision({"vid4_BDx4": 30.0}, {"vid4_BIx4": 20.0}, 0.0)
     assert not promote and "no dataset in common" in why
-    assert scores_from_tags({"eval.vid4_BIx4.tanet.psnr": "25.5", "eval.vid4_BIx4.bicubic.psnr": "23"}, "psnr") == {"vid4_BIx4": 25.5}
+    assert scores_from_tags({"eval.vid4_BIx4.tanet.psnr": "25.5", "eval.vid4_BIx4.bicubic.psnr": "23"}, "psnr") == {
+        "vid4_BIx4": 25.5
+    }
 
 
 def test_register_moves_champion_only_when_beaten(tmp_path: Path, mlflow_store: str) -> None:
@@ -48,8 +50,14 @@ def test_register_moves_champion_only_when_beaten(tmp_path: Path, mlflow_store: 
 
 
 def test_pyfunc_loads_in_a_fresh_process(tmp_path: Path, mlflow_store: str) -> None:
-    register_model(make_model_dir(tmp_path / "m", alignment="rof"), _eval("heldout_BIx4", 30.0), model_name="tanet",
-                   metric="psnr", min_gain=0.0, root=tmp_path)
+    register_model(
+        make_model_dir(tmp_path / "m", alignment="rof"),
+        _eval("heldout_BIx4", 30.0),
+        model_name="tanet",
+        metric="psnr",
+        min_gain=0.0,
+        root=tmp_path,
+    )
     code = (
         "import mlflow, numpy as np, json\n"
         "m = mlflow.pyfunc.load_model('models:/tanet@champion')\n"

@@ -105,15 +105,43 @@ def load(path: Path) -> Params:
 
 def cli(data: Path, params: Path, out: Path, *args: str, tracking: str = "none") -> list[str]:
     """Arguments of ``python -m tanet.train`` (without the interpreter) on the fixture data."""
-    return [*args, "--params", str(params), "--clips", str(data / "clips"), "--lr-dir", str(data / "lr"),
-            "--flow", str(data / "flow"), "--patches", str(data / "patches"), "--pretrain-out", str(out / "pre"),
-            "--train-out", str(out / "joint"), "--checkpoints", str(out / "ckpt"), "--tracking", tracking]
+    return [
+        *args,
+        "--params",
+        str(params),
+        "--clips",
+        str(data / "clips"),
+        "--lr-dir",
+        str(data / "lr"),
+        "--flow",
+        str(data / "flow"),
+        "--patches",
+        str(data / "patches"),
+        "--pretrain-out",
+        str(out / "pre"),
+        "--train-out",
+        str(out / "joint"),
+        "--checkpoints",
+        str(out / "ckpt"),
+        "--tracking",
+        tracking,
+    ]
 
 
-def run_cli(args: list[str], log: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], log: Path, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     with log.open("w") as f:
-        proc = subprocess.run([PY, "-m", "tanet.train", *args], check=False, stdout=f, stderr=subprocess.STDOUT, text=True,
-                              timeout=240, env=env or ENV, **kw)
+        proc = subprocess.run(
+            [PY, "-m", "tanet.train", *args],
+            check=False,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=240,
+            env=env or ENV,
+            **kw,
+        )
     assert proc.returncode == 0, log.read_text()[-3000:]
     return proc
 
@@ -179,8 +207,12 @@ def test_augment_keeps_theta_consistent_for_all_8_symmetries() -> None:
     lr, theta = _shifted_window(p, [(2, -3), (-1, 4)])
     codes = torch.arange(8)
     hr = lr[1].repeat_interleave(scale, -1).repeat_interleave(scale, -2)  # nearest upsampling of the centre
-    batch = {"lr": lr.expand(8, -1, -1, -1, -1).contiguous(), "rof": lr.expand(8, -1, -1, -1, -1).contiguous(),
-             "hr": hr.expand(8, -1, -1, -1).contiguous(), "theta": theta.expand(8, -1, -1).contiguous()}
+    batch = {
+        "lr": lr.expand(8, -1, -1, -1, -1).contiguous(),
+        "rof": lr.expand(8, -1, -1, -1, -1).contiguous(),
+        "hr": hr.expand(8, -1, -1, -1).contiguous(),
+        "theta": theta.expand(8, -1, -1).contiguous(),
+    }
     out = apply_dihedral(batch, codes)
     assert {tuple(out["lr"][i, 1, 0].flatten().tolist()) for i in range(8)}.__len__() == 8  # 8 distinct transforms
     for i in range(8):
@@ -276,10 +308,20 @@ def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None
 def test_train_metrics_shape(tmp_path: Path) -> None:
     cfg = params_from_dict(preset_params("tiny")).model
     for i in (1, 2):
-        write_model_dir(tmp_path / "pre" / f"branch_{i}", BranchModel(cfg, i), Job("branch", i, cfg, OptimParams()),
-                        {"val_psnr": 20.0 + i / 3}, [])
-    write_model_dir(tmp_path / "joint", VSRNet(cfg), Job("joint", 0, cfg, OptimParams()),
-                    {"val_psnr": 25.123456, "val_psnr_bicubic": 23.98771}, [])
+        write_model_dir(
+            tmp_path / "pre" / f"branch_{i}",
+            BranchModel(cfg, i),
+            Job("branch", i, cfg, OptimParams()),
+            {"val_psnr": 20.0 + i / 3},
+            [],
+        )
+    write_model_dir(
+        tmp_path / "joint",
+        VSRNet(cfg),
+        Job("joint", 0, cfg, OptimParams()),
+        {"val_psnr": 25.123456, "val_psnr_bicubic": 23.98771},
+        [],
+    )
     assert train_metrics(tmp_path / "pre", tmp_path / "joint", 2) == {
         "pretrain": {"branch_1": {"val_psnr": 20.3333}, "branch_2": {"val_psnr": 20.6667}},
         "joint": {"val_psnr": 25.1235, "val_psnr_bicubic": 23.9877},
@@ -356,12 +398,27 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypa
 # -- crash and resume (subprocesses) ------------------------------------------------------
 CRASH_CASES = {
     # pretraining of branch 2 on ROF-aligned windows
-    "branch": (["pretrain", "--branch", "2"], "pre/branch_2", "ckpt/pretrain/branch_2",
-               {"pretrain.steps": 24, "pretrain.checkpoint_every": 4, "pretrain.log_every": 4, "pretrain.val_frames": 1}),
+    "branch": (
+        ["pretrain", "--branch", "2"],
+        "pre/branch_2",
+        "ckpt/pretrain/branch_2",
+        {"pretrain.steps": 24, "pretrain.checkpoint_every": 4, "pretrain.log_every": 4, "pretrain.val_frames": 1},
+    ),
     # the joint network with SAN alignment and the theta loss, from scratch
-    "joint_san": (["train"], "joint", "ckpt/train/joint",
-                  {"model.alignment": "san", "train.init_from_pretrain": False, "train.steps": 24, "train.san_lambda": 0.05,
-                   "train.checkpoint_every": 4, "train.log_every": 4, "train.val_frames": 1}),
+    "joint_san": (
+        ["train"],
+        "joint",
+        "ckpt/train/joint",
+        {
+            "model.alignment": "san",
+            "train.init_from_pretrain": False,
+            "train.steps": 24,
+            "train.san_lambda": 0.05,
+            "train.checkpoint_every": 4,
+            "train.log_every": 4,
+            "train.val_frames": 1,
+        },
+    ),
 }
 
 
@@ -373,15 +430,26 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     for name, (stage, out_rel, _, over) in CRASH_CASES.items():
         params = params_file(root / name / "params.yaml", **over)
         log = (root / f"{name}.log").open("w")
-        procs.append((subprocess.Popen([PY, "-m", "tanet.train", *cli(data, params, root / name, *stage)], stdout=log,
-                                       stderr=subprocess.STDOUT, env=ENV), root / f"{name}.log"))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [PY, "-m", "tanet.train", *cli(data, params, root / name, *stage)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=ENV,
+                ),
+                root / f"{name}.log",
+            )
+        )
         outs[name] = root / name / out_rel
     for proc, log in procs:
         assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
     return outs
 
 
-def test_sigkill_then_resume_gives_bit_identical_weights(data: Path, reference: dict[str, Path], tmp_path: Path) -> None:
+def test_sigkill_then_resume_gives_bit_identical_weights(
+    data: Path, reference: dict[str, Path], tmp_path: Path
+) -> None:
     """Branch pretraining killed at whatever step follows the first checkpoint >= 8."""
     case = "branch"
     stage, out_rel, ckpt_rel, over = CRASH_CASES[case]
@@ -426,8 +494,9 @@ sys.exit(tanet.train.main(sys.argv[1:]))
 """
 
 
-def test_sigkill_during_checkpoint_write_resumes_from_the_previous_one(data: Path, reference: dict[str, Path],
-                                                                       tmp_path: Path) -> None:
+def test_sigkill_during_checkpoint_write_resumes_from_the_previous_one(
+    data: Path, reference: dict[str, Path], tmp_path: Path
+) -> None:
     """The joint network with SAN alignment (theta loss), killed while writing its step-12 checkpoint."""
     stage, out_rel, ckpt_rel, over = CRASH_CASES["joint_san"]
     args = cli(data, params_file(tmp_path / "params.yaml", **over), tmp_path, *stage)
@@ -462,19 +531,31 @@ sys.exit(tanet.train.main(sys.argv[1:]))
 
 def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
     """``all`` under torchrun: 3 branches then the joint network (which reads what rank 0 wrote)."""
-    over = {f"{s}.{k}": v for s in ("pretrain", "train") for k, v in {"steps": 4, "batch_size": 8, "checkpoint_every": 2,
-                                                                       "val_frames": 1}.items()}
+    over = {
+        f"{s}.{k}": v
+        for s in ("pretrain", "train")
+        for k, v in {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "val_frames": 1}.items()
+    }
     args = cli(data, params_file(tmp_path / "params.yaml", **over), tmp_path, "all")
     probe = tmp_path / "probe.py"
     probe.write_text(textwrap.dedent(DDP_PROBE))
     (tmp_path / "seen").mkdir()
     env = {**ENV, "PROBE_DIR": str(tmp_path / "seen")}
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(probe), *args], check=False,
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", str(probe), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert '"joint"' in proc.stdout and proc.stdout.count('"branch_1"') == 1  # rank 0 alone prints the results
-    for name, ckpt, out in [*((f"branch_{i}", f"ckpt/pretrain/branch_{i}", f"pre/branch_{i}") for i in (1, 2, 3)),
-                            ("joint", "ckpt/train/joint", "joint")]:
+    for name, ckpt, out in [
+        *((f"branch_{i}", f"ckpt/pretrain/branch_{i}", f"pre/branch_{i}") for i in (1, 2, 3)),
+        ("joint", "ckpt/train/joint", "joint"),
+    ]:
         folders = list((tmp_path / ckpt).iterdir())
         assert [p.name for p in folders] == ["step_00000004"], name  # one checkpoint, no temporaries
         meta = json.loads((folders[0] / CKPT_META).read_text())
@@ -488,8 +569,9 @@ def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
 
 
 # -- MLflow -------------------------------------------------------------------------------
-def test_mlflow_tracking_and_import_run(data: Path, reference: dict[str, Path], tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_tracking_and_import_run(
+    data: Path, reference: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = params_file(tmp_path / "params.yaml", **{"pretrain.val_frames": 1, "train.val_frames": 1})
     env = {**ENV, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
@@ -529,8 +611,11 @@ def test_mlflow_tracking_and_import_run(data: Path, reference: dict[str, Path], 
 
     model_dir = reference["branch"]  # pretrained branch 2, --tracking none
     assert tanet_main(["import-run", str(model_dir)]) == 0
-    imported = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("tanet.imported") == "true"
-                and r.data.tags.get("mlflow.runName") == "branch_2"]
+    imported = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("tanet.imported") == "true" and r.data.tags.get("mlflow.runName") == "branch_2"
+    ]
     assert len(imported) == 1
     history = json.loads((model_dir / HISTORY).read_text())
     logged = {m.step: m.value for m in client.get_metric_history(imported[0].info.run_id, "loss")}

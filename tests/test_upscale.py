@@ -101,7 +101,9 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, model_dir: Path, case: s
         src = mf.vfr_mp4(tmp_path / "vfr.mp4")
     res = subprocess.run(
         [sys.executable, "-m", "tanet.cli", "upscale", str(src), str(out), "--model", model, "-q"],
-        capture_output=True, text=True, cwd=env_cwd,
+        capture_output=True,
+        text=True,
+        cwd=env_cwd,
         env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"},
     )
     assert res.returncode != 0

@@ -195,9 +195,7 @@ def test_deep_alpha_and_grey_inputs_read_as_8bit_rgb(
     notes = [r.getMessage() for r in caplog.records if note in r.getMessage()]
     assert len(notes) == 1 and str(path) in notes[0]
     if make is mf.grey_mkv:
-        assert (frames[0][..., 0] == frames[0][..., 1]).all() and (
-            frames[0][..., 1] == frames[0][..., 2]
-        ).all()
+        assert (frames[0][..., 0] == frames[0][..., 1]).all() and (frames[0][..., 1] == frames[0][..., 2]).all()
 
 
 @pytest.mark.parametrize(("rotation", "k"), [(90, 3), (270, 1), (180, 2)])
@@ -421,9 +419,7 @@ def test_subtitles_are_carried_into_mkv_and_mp4(tmp_path: Path) -> None:
         assert info.has_audio and info.subtitle_codecs == (codec,)
 
 
-def test_audio_that_cannot_be_copied_is_reencoded_with_a_note(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_audio_that_cannot_be_copied_is_reencoded_with_a_note(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = mf.pcm_audio_mkv(tmp_path / "src.mkv")
     out = tmp_path / "out.m4v"  # the ipod muxer refuses PCM
     with (
@@ -474,9 +470,7 @@ def test_ffmpeg_failure_raises_with_stderr_and_leaves_no_file(tmp_path: Path) ->
 
 def test_writer_validates_frames_and_refuses_empty_output(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
-    wrong_shape = pytest.raises(
-        ValueError, match=r"expected a \(16, 16, 3\) uint8 RGB frame, got \(16, 16\) uint8"
-    )
+    wrong_shape = pytest.raises(ValueError, match=r"expected a \(16, 16, 3\) uint8 RGB frame, got \(16, 16\) uint8")
     with wrong_shape, VideoWriter(out, 16, 16, 25) as writer:
         writer.write(np.zeros((16, 16), np.uint8))
     with pytest.raises(ValueError, match="float32"), VideoWriter(out, 16, 16, 25) as writer:

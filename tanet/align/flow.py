@@ -40,7 +40,9 @@ def _dis(preset: DisPreset) -> cv2.DISOpticalFlow:
     return cache[preset]
 
 
-def estimate_flow(ref: np.ndarray, nbr: np.ndarray, method: FlowMethod = "dis", preset: DisPreset = "medium") -> np.ndarray:
+def estimate_flow(
+    ref: np.ndarray, nbr: np.ndarray, method: FlowMethod = "dis", preset: DisPreset = "medium"
+) -> np.ndarray:
     """Dense flow from ``ref`` to ``nbr``.
 
     Args:

@@ -70,8 +70,9 @@ def block_shifts(flow: np.ndarray, block: int) -> np.ndarray:
     """
     h, w, _ = flow.shape
     nby, nbx = -(-h // block), -(-w // block)
-    sums = np.add.reduceat(np.add.reduceat(flow.astype(np.float64), np.arange(0, h, block), axis=0),
-                           np.arange(0, w, block), axis=1)  # (nby, nbx, 2)
+    sums = np.add.reduceat(
+        np.add.reduceat(flow.astype(np.float64), np.arange(0, h, block), axis=0), np.arange(0, w, block), axis=1
+    )  # (nby, nbx, 2)
     heights = np.minimum(block, h - np.arange(nby) * block)
     widths = np.minimum(block, w - np.arange(nbx) * block)
     counts = heights[:, None] * widths[None, :]

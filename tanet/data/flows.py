@@ -13,6 +13,7 @@ int16``, ``offsets (2N-2,) int16`` (time offsets of the neighbours, in time orde
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,14 @@ def load_y_frames(folder: Path) -> np.ndarray:
     return np.stack([y_plane(read_rgb(f)) for f in list_frames(folder)])
 
 
-def flow_clip(lr_dir: Path, out_file: Path, num_branches: int, block: int, method: FlowMethod, preset: DisPreset) -> int:
+def flow_clip(
+    lr_dir: Path, out_file: Path, num_branches: int, block: int, method: FlowMethod, preset: DisPreset
+) -> int:
     """Computes and stores the flows and block shifts of one LR clip.
 
     Returns:
-        The number of flow fields computed.
+        The number of flow fields computed (a neighbour clamped onto a frame already done
+        for this reference reuses its flow).
     """
     y = load_y_frames(lr_dir)
     f, h, w = y.shape
@@ -60,13 +64,18 @@ def flow_clip(lr_dir: Path, out_file: Path, num_branches: int, block: int, metho
     shifts = np.zeros((f, len(offsets), nby, nbx, 2), np.int16)
     computed = 0
     for t in range(f):
+        done: dict[int, int] = {}  # neighbour frame -> slot already holding its flow (clamped ends repeat)
         for j, off in enumerate(offsets):
             s = min(max(t + int(off), 0), f - 1)
             if s == t:
                 continue
+            if s in done:
+                flows[t, j], shifts[t, j] = flows[t, done[s]], shifts[t, done[s]]
+                continue
             flow = estimate_flow(y[t], y[s], method, preset)
             flows[t, j] = flow
             shifts[t, j] = block_shifts(flow, block)
+            done[s] = j
             computed += 1
     buf = io.BytesIO()
     np.savez_compressed(buf, flow=flows, shifts=shifts, offsets=offsets, block=np.int16(block))
@@ -78,12 +87,20 @@ def load_flows(path: Path) -> dict[str, np.ndarray]:
     """Loads a flow file written by :func:`flow_clip`."""
     try:
         with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
+            out = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise InputError(path, "flow file missing; run the flow stage") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:  # torn or not an npz
         raise InputError(path, f"cannot read flow file: {err}") from None
+    missing = {"flow", "shifts", "offsets"} - set(out)
+    if missing:
+        raise InputError(path, f"flow file lacks {sorted(missing)}")
+    return out
 
 
-def run_flow(params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mapper: Mapper = serial_map) -> dict[str, int]:
+def run_flow(
+    params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mapper: Mapper = serial_map
+) -> dict[str, int]:
     """Computes flows for every (LR set, clip).
 
     Args:
@@ -104,8 +121,12 @@ def run_flow(params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mappe
         def run(job: tuple[str, str]) -> int:
             name, clip_id = job
             return flow_clip(
-                lr_dir / name / clip_id, tmp / name / f"{clip_id}.npz", params.model.num_branches,
-                params.flow.block, params.flow.method, params.flow.dis_preset,
+                lr_dir / name / clip_id,
+                tmp / name / f"{clip_id}.npz",
+                params.model.num_branches,
+                params.flow.block,
+                params.flow.method,
+                params.flow.dis_preset,
             )
 
         results = mapper(run, jobs, [f"{n}/{c}" for n, c in jobs])

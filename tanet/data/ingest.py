@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from tanet.atomic import atomic_dir, atomic_write_json
 from tanet.config import IngestParams, Params
 from tanet.data.sources import Source, discover_sources, file_sha256
-from tanet.errors import InputError, TanetError
+from tanet.errors import ConfigError, InputError, TanetError
 from tanet.frames import write_rgb
 from tanet.parallel import Mapper, serial_map
 from tanet.video import VideoInfo, open_video
@@ -79,7 +79,9 @@ def _conversion_notes(info: VideoInfo) -> list[str]:
     return notes
 
 
-def ingest_one(source: Source, out_dir: Path, params: IngestParams, min_frames: int, max_scale: int, split: str) -> ClipRecord:
+def ingest_one(
+    source: Source, out_dir: Path, params: IngestParams, min_frames: int, max_scale: int, split: str
+) -> ClipRecord:
     """Normalises one source into ``out_dir/<clip_id>/`` (swapped in whole on success).
 
     Args:
@@ -104,7 +106,9 @@ def ingest_one(source: Source, out_dir: Path, params: IngestParams, min_frames: 
         w, h = _target_size(info.width, info.height, params.max_side)
         min_side = MIN_LR_SIDE * max_scale
         if min(w, h) < min_side:
-            raise InputError(source.path, f"frame size {w}x{h} is below the minimum {min_side}x{min_side} for x{max_scale}")
+            raise InputError(
+                source.path, f"frame size {w}x{h} is below the minimum {min_side}x{min_side} for x{max_scale}"
+            )
         if (w, h) != (info.width, info.height):
             notes.append(f"area-downscaled {info.width}x{info.height} -> {w}x{h}")
         kept = 0
@@ -151,13 +155,26 @@ def run_ingest(params: Params, root: Path, out_dir: Path, mapper: Mapper = seria
         The records of the usable clips.
 
     Raises:
+        ConfigError: ``ingest.max_frames`` below 2N-1, a bad ``ingest.folder_fps``, or
+            ``include_shared_train`` without its folder.
         TanetError: no usable clip, or no training / validation clip.
     """
     ip = params.ingest
+    min_frames = 2 * params.model.num_branches - 1
+    if 0 < ip.max_frames < min_frames:
+        raise ConfigError(
+            f"ingest.max_frames: {ip.max_frames} keeps fewer than the {min_frames} frames (2N-1) a clip needs"
+        )
+    try:
+        if Fraction(ip.folder_fps) <= 0:
+            raise ValueError("not positive")
+    except (ValueError, ZeroDivisionError) as err:
+        raise ConfigError(
+            f"ingest.folder_fps: {ip.folder_fps!r} is not a positive fraction like '25' or '30000/1001' ({err})"
+        ) from None
     sources = discover_sources(ip, root)
     if not sources:
         raise TanetError("ingest: no sources configured (ingest.embedded, ingest.paths, ingest.include_shared_train)")
-    min_frames = 2 * params.model.num_branches - 1
     max_scale = max(params.degrade.scales)
     with atomic_dir(out_dir) as tmp:
         results = mapper(

@@ -42,8 +42,12 @@ def run_degrade(params: Params, clips_dir: Path, out_dir: Path, mapper: Mapper =
         def run(job: tuple[str, int, str]) -> int:
             clip_id, scale, kind = job
             return degrade_folder(
-                clips_dir / clip_id, tmp / lr_set_name(scale, kind) / clip_id, kind, scale,
-                sigma=dp.bd_sigma, kernel_size=dp.bd_kernel_size,
+                clips_dir / clip_id,
+                tmp / lr_set_name(scale, kind) / clip_id,
+                kind,
+                scale,
+                sigma=dp.bd_sigma,
+                kernel_size=dp.bd_kernel_size,
             )
 
         results = mapper(run, jobs, [f"{lr_set_name(s, k)}/{c}" for c, s, k in jobs])

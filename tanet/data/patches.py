@@ -96,7 +96,13 @@ def _planes(rgb: np.ndarray, channels: int) -> np.ndarray:
 
 
 class ShardWriter:
-    """Writes row groups into size-bounded Parquet shards, each renamed when complete."""
+    """Writes row groups into size-bounded Parquet shards, each renamed when complete.
+
+    A shard is closed before a row group that would take it past ``max_bytes``: the next
+    group's size is predicted from the largest group written so far (rows are fixed-size
+    and compress alike) and the footer from the column count, so shards stay within the
+    bound unless one row group alone exceeds it (such a shard holds that single group).
+    """
 
     def __init__(self, out_dir: Path, prefix: str, schema: pa.Schema, max_bytes: int) -> None:
         self.out_dir = out_dir
@@ -108,26 +114,42 @@ class ShardWriter:
         self._tmp: Path | None = None
         self._rows = 0
         self._groups = 0
+        self._size = 0  # bytes of the open shard so far (row groups, no footer yet)
+        self._group_bytes = 0  # largest row group written (compressed bytes on disk)
 
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.shards):05d}.parquet"
         self._tmp = self.out_dir / f".{name}.tmp"
         self._writer = pq.ParquetWriter(
-            self._tmp, self.schema, compression="zstd", use_dictionary=["clip"],
+            self._tmp,
+            self.schema,
+            compression="zstd",
+            use_dictionary=["clip"],
             write_statistics=["clip", "frame", "y", "x"],
         )
-        self._rows = self._groups = 0
+        self._rows = self._groups = self._size = 0
+
+    def _footer_bytes(self, groups: int) -> int:
+        """A generous estimate of the Parquet footer of a shard with ``groups`` row groups."""
+        return 4096 + 96 * len(self.schema) * groups
 
     def write(self, table: pa.Table) -> None:
-        """Writes one row group, starting a new shard when the current one is full."""
+        """Writes one row group, starting a new shard when it would not fit the current one."""
+        if (
+            self._writer is not None
+            and self._groups
+            and (self._size + self._group_bytes + self._footer_bytes(self._groups + 1) > self.max_bytes)
+        ):
+            self._close_shard()
         if self._writer is None:
             self._open()
         assert self._writer is not None and self._tmp is not None
         self._writer.write_table(table, row_group_size=table.num_rows)
+        size = self._tmp.stat().st_size
+        self._group_bytes = max(self._group_bytes, size - self._size)
+        self._size = size
         self._rows += table.num_rows
         self._groups += 1
-        if self._tmp.stat().st_size >= self.max_bytes:
-            self._close_shard()
 
     def _close_shard(self) -> None:
         if self._writer is None or self._tmp is None:
@@ -136,8 +158,13 @@ class ShardWriter:
         final = self._tmp.with_name(self._tmp.name[1:].removesuffix(".tmp"))
         self._tmp.replace(final)
         self.shards.append(
-            {"file": final.name, "rows": self._rows, "row_groups": self._groups,
-             "bytes": final.stat().st_size, "sha256": sha256_file(final)}
+            {
+                "file": final.name,
+                "rows": self._rows,
+                "row_groups": self._groups,
+                "bytes": final.stat().st_size,
+                "sha256": sha256_file(final),
+            }
         )
         self._writer = None
         self._tmp = None
@@ -146,6 +173,17 @@ class ShardWriter:
         """Finishes the last shard; returns the shard records."""
         self._close_shard()
         return self.shards
+
+    def abort(self) -> None:
+        """Drops the shard being written (after a failure); complete shards stay."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+                if self._tmp is not None:
+                    self._tmp.unlink(missing_ok=True)
+                self._tmp = None
 
 
 def sha256_file(path: Path) -> str:
@@ -157,7 +195,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sample_positions(rng: np.random.Generator, centre: np.ndarray, patch: int, count: int, min_std: float) -> np.ndarray:
+def sample_positions(
+    rng: np.random.Generator, centre: np.ndarray, patch: int, count: int, min_std: float
+) -> np.ndarray:
     """Draws up to ``count`` patch positions ``(n, 2)`` (y, x) whose centre-frame std >= min_std."""
     h, w = centre.shape[-2:]
     cand = np.stack(
@@ -188,6 +228,10 @@ def clip_rows(
     flows = load_flows(flow_file)
     if not np.array_equal(flows["offsets"], neighbour_offsets(model.num_branches)):
         raise InputError(flow_file, "flow offsets do not match model.num_branches; re-run the flow stage")
+    if flows["flow"].shape[:4] != (f, layout.num_frames - 1, h, w):
+        raise InputError(
+            flow_file, f"flows {flows['flow'].shape[:4]} do not match the LR clip ({f}, {h}x{w}); re-run the flow stage"
+        )
     luma = lr if layout.channels == 1 else np.stack([_planes(read_rgb(x), 1) for x in lr_files])
     rng = np.random.default_rng(_seed(pp.seed, clip.clip_id))
     for t in range(t_half, f - t_half):
@@ -219,17 +263,24 @@ def clip_rows(
             shift_col.append(shifts[i].astype(np.int8).tobytes())
         n = len(pos)
         yield {
-            "clip": [clip.clip_id] * n, "frame": [t] * n, "y": ys.tolist(), "x": xs.tolist(),
-            **cols, "hr": hr_col, "shift": shift_col,
+            "clip": [clip.clip_id] * n,
+            "frame": [t] * n,
+            "y": ys.tolist(),
+            "x": xs.tolist(),
+            **cols,
+            "hr": hr_col,
+            "shift": shift_col,
         }
 
 
-def write_clip_shards(clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, params: Params, out_dir: Path) -> list[dict[str, object]]:
+def write_clip_shards(
+    clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, params: Params, out_dir: Path
+) -> list[dict[str, object]]:
     """Writes one clip's samples as shards ``<clip>-NNNNN.parquet``; returns their records."""
     pp, model = params.patches, params.model
     layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
     schema = layout.schema()
-    writer = ShardWriter(out_dir, clip.clip_id, schema, pp.max_shard_mb << 20)
+    writer = ShardWriter(out_dir, clip.clip_id, schema, int(pp.max_shard_mb * (1 << 20)))
     pending: dict[str, list[object]] = {name: [] for name in schema.names}
     count = 0
     try:
@@ -243,7 +294,7 @@ def write_clip_shards(clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow
             _flush(writer, schema, pending, len(pending["clip"]))
         shards = writer.close()
     except BaseException:
-        writer.close()
+        writer.abort()
         raise
     for s in shards:
         s["clip_id"] = clip.clip_id
@@ -257,7 +308,9 @@ def _flush(writer: ShardWriter, schema: pa.Schema, pending: dict[str, list[objec
         del pending[name][:n]
 
 
-def run_patches(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path, out_dir: Path, mapper: Mapper = serial_map) -> dict[str, object]:
+def run_patches(
+    params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path, out_dir: Path, mapper: Mapper = serial_map
+) -> dict[str, object]:
     """Writes the training shards and their manifest.
 
     Args:
@@ -277,7 +330,9 @@ def run_patches(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path, o
     layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
     with atomic_dir(out_dir) as tmp:
         results = mapper(
-            lambda c: write_clip_shards(c, clips_dir, lr_dir / name / c.clip_id, flow_dir / name / f"{c.clip_id}.npz", params, tmp),
+            lambda c: write_clip_shards(
+                c, clips_dir, lr_dir / name / c.clip_id, flow_dir / name / f"{c.clip_id}.npz", params, tmp
+            ),
             clips,
             [c.clip_id for c in clips],
         )
@@ -288,22 +343,47 @@ def run_patches(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path, o
             shards.extend(res)
         total = sum(int(s["rows"]) for s in shards)  # type: ignore[call-overload]
         if total == 0:
-            raise TanetError("patches: no sample extracted (clips smaller than patches.patch_size, or min_std too high)")
-        manifest = {
-            "format": FORMAT_VERSION,
-            "lr_set": name,
-            "degradation": pp.degradation,
-            "scale": model.scale,
-            "color": model.color,
-            "num_frames": layout.num_frames,
-            "channels": layout.channels,
-            "patch_size": layout.patch,
-            "rows": total,
-            "clips": {c.clip_id: sum(int(s["rows"]) for s in shards if s["clip_id"] == c.clip_id) for c in clips},  # type: ignore[call-overload]
-            "licences": sorted({c.licence for c in clips}),
-            "shards": shards,
-        }
-        atomic_write_json(tmp / MANIFEST, manifest)
+            raise TanetError(
+                "patches: no sample extracted (clips smaller than patches.patch_size, or min_std too high)"
+            )
+        manifest = write_patch_manifest(
+            tmp,
+            layout,
+            shards,
+            lr_set=name,
+            degradation=pp.degradation,
+            color=model.color,
+            clips={c.clip_id: sum(int(s["rows"]) for s in shards if s["clip_id"] == c.clip_id) for c in clips},  # type: ignore[call-overload]
+            licences=sorted({c.licence for c in clips}),
+        )
+    return manifest
+
+
+def write_patch_manifest(
+    out_dir: Path, layout: PatchLayout, shards: list[dict[str, object]], **info: object
+) -> dict[str, object]:
+    """Writes ``manifest.json`` for shards written by :class:`ShardWriter` into ``out_dir``.
+
+    Args:
+        out_dir: the folder holding the shards.
+        layout: the geometry every shard was written with.
+        shards: the records returned by :meth:`ShardWriter.close` (of one or more writers).
+        **info: extra fields recorded as they are (``lr_set``, ``clips``, ``licences``...).
+
+    Returns:
+        The manifest.
+    """
+    manifest: dict[str, object] = {
+        "format": FORMAT_VERSION,
+        "scale": layout.scale,
+        "num_frames": layout.num_frames,
+        "channels": layout.channels,
+        "patch_size": layout.patch,
+        "rows": sum(int(s["rows"]) for s in shards),  # type: ignore[call-overload]
+        **info,
+        "shards": shards,
+    }
+    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
 
 

@@ -106,12 +106,17 @@ def _is_frame_folder(path: Path) -> bool:
 
 
 def _expand_path(path: Path) -> list[Path]:
-    """A video file or frame folder is one clip; a folder of them is one clip per child."""
+    """A video file or frame folder is one clip; a folder of them is one clip per child.
+
+    In a folder of clips, children are its frame folders and its files with a video suffix
+    (``VIDEO_SUFFIXES``); other files (a README, subtitles) are not clips. A file named
+    explicitly is always a clip, whatever its suffix (ingestion reports it if unreadable).
+    """
     if path.is_file() or _is_frame_folder(path):
         return [path]
     if path.is_dir():
         children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        return [p for p in children if _is_frame_folder(p) or p.is_file()]
+        return [p for p in children if _is_frame_folder(p) or (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)]
     return [path]  # missing: ingestion reports it in the quarantine
 
 
@@ -143,11 +148,21 @@ def discover_sources(params: IngestParams, root: Path) -> list[Source]:
                 sources.append(Source(slug(f"{src_dir.name}__{seq.name}"), seq, "shared_train", licence))
     for raw in params.paths:
         for item in _expand_path((root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)):
-            sources.append(Source(slug(item.stem if item.is_file() else item.name), item, "path", "user-supplied (terms unknown)"))
-    seen: dict[str, int] = {}
+            clip_id = slug(item.name if item.is_dir() else item.stem)  # a missing file too: its stem
+            sources.append(Source(clip_id, item, "path", "user-supplied (terms unknown)"))
+    # Unique ids: a repeated id gets the first free suffix -1, -2, ... (never an id in use).
+    taken = {src.clip_id for src in sources}
+    seen: set[str] = set()
     unique = []
     for src in sources:
-        n = seen.get(src.clip_id, 0)
-        seen[src.clip_id] = n + 1
-        unique.append(src if n == 0 else Source(f"{src.clip_id}-{n}", src.path, src.origin, src.licence))
+        clip_id = src.clip_id
+        if clip_id in seen:
+            n = 1
+            while f"{clip_id}-{n}" in taken:
+                n += 1
+            clip_id = f"{clip_id}-{n}"
+            taken.add(clip_id)
+            src = Source(clip_id, src.path, src.origin, src.licence)
+        seen.add(clip_id)
+        unique.append(src)
     return unique

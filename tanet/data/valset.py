@@ -1,8 +1,9 @@
 """Validation clips on full frames: LR windows (raw and ROF-aligned) and HR targets.
 
 Windows at the clip's ends replicate the first/last frame (as the upscaler does); ROF
-alignment reuses the flow stage's block shifts, so validation sees exactly the alignment
-the data pipeline computed.
+alignment uses block shifts rectified from the flow stage's stored flows on the model's
+block grid (``patches.patch_size``, which may differ from ``flow.block``), so validation
+aligns with the same flows the training patches were aligned with.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def window(clip: ValClip, t: int, num_frames: int, aligned: bool) -> np.ndarray:
     return out
 
 
-def load_val_clips(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path | None, val_frames: int) -> list[ValClip]:
+def load_val_clips(
+    params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path | None, val_frames: int
+) -> list[ValClip]:
     """Loads every validation clip of the manifest for the model's scale and degradation."""
     model = params.model
     name = lr_set_name(model.scale, params.patches.degradation)
@@ -82,7 +85,9 @@ def load_val_clips(params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path
             if not np.array_equal(flows["offsets"], neighbour_offsets(model.num_branches)):
                 raise TanetError(f"{rec.clip_id}: flow offsets do not match model.num_branches")
             # Block shifts for the model's block (= patch size), from the stored flows.
-            shifts = np.stack([np.stack([block_shifts(f.astype(np.float32), block) for f in per_t]) for per_t in flows["flow"]])
+            shifts = np.stack(
+                [np.stack([block_shifts(f.astype(np.float32), block) for f in per_t]) for per_t in flows["flow"]]
+            )
         out.append(ValClip(rec.clip_id, lr, hr_y, frames, shifts, block))
     if not out:
         raise TanetError("no validation clip in the manifest (ingest.val_clips)")

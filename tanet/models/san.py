@@ -93,9 +93,7 @@ class SpatialAlignmentNetwork(nn.Module):
         # Start at the identity transform so untrained alignment passes frames through.
         nn.init.zeros_(self.head.weight)
         with torch.no_grad():
-            self.head.bias.copy_(
-                torch.zeros(2) if cfg.mode == "translation" else torch.tensor([1.0, 0, 0, 0, 1.0, 0])
-            )
+            self.head.bias.copy_(torch.zeros(2) if cfg.mode == "translation" else torch.tensor([1.0, 0, 0, 0, 1.0, 0]))
 
     def _check(self, ref: torch.Tensor, src: torch.Tensor) -> None:
         if ref.ndim != 4 or ref.shape != src.shape or ref.shape[1] != self.channels:

@@ -120,7 +120,9 @@ class VSRNet(nn.Module):
         out = torch.cat([aligned[:, :centre], frames[:, centre : centre + 1], aligned[:, centre:]], dim=1)
         return out, theta.view(b, t - 1, *theta.shape[1:])
 
-    def forward(self, frames: torch.Tensor, return_all: bool = False, full_frame: bool = False) -> torch.Tensor | VSROutput:
+    def forward(
+        self, frames: torch.Tensor, return_all: bool = False, full_frame: bool = False
+    ) -> torch.Tensor | VSROutput:
         """Super-resolves the centre frame of each window.
 
         Args:
