@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--codec", default="libx264")
     p.add_argument("--crf", type=int, default=18)
-    p.add_argument("--preset", default="veryfast", help="encoder speed preset")
+    p.add_argument(
+        "--preset", default="auto", help="encoder speed preset (auto: superfast on CPU, veryfast with a GPU)"
+    )
     p.add_argument("--lossless", action="store_true", help="lossless output (ffv1 in .mkv, else x264 RGB)")
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")

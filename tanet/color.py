@@ -146,6 +146,16 @@ def ycbcr_to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
     return _lincomb(ycbcr, coeffs, -offset, range(3))
 
 
+def ycbcr_to_rgb_affine() -> tuple[np.ndarray, np.ndarray]:
+    """``(A, b)`` with ``rgb = A @ ycbcr + b`` for float images in [0, 1] (MATLAB ``ycbcr2rgb``).
+
+    For fast paths that fold the conversion into one matrix product (the upscaler's output);
+    :func:`ycbcr_to_rgb` keeps MATLAB's term-by-term summation order.
+    """
+    coeffs, offset = _inverse_coeffs(1.0)
+    return coeffs, -offset
+
+
 def rgb_to_ycbcr_uint8(rgb: torch.Tensor) -> torch.Tensor:
     """RGB uint8 -> YCbCr uint8 as MATLAB: float64 lincomb, round half away, saturate.
 

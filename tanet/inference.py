@@ -8,6 +8,9 @@ A trained model maps a window of 2N-1 LR frames to the HR centre frame. For real
   (``model.align_block``), SAN block by block inside the model;
 - only the SR network is tiled: tiles of ``tile`` LR pixels are cut with a margin of the
   network's receptive radius, so tiled and untiled outputs agree (to float rounding);
+- the SR network runs in its inference form (``tanet.models.fused``): aggregation before the
+  pixel shuffle, and on GPUs the N branches and the modulation branch fused into a few
+  large convolutions;
 - precision: fp32, or bf16/fp16 autocast (CUDA; bf16 also on CPU); ``channels_last`` memory
   format on CPU, which oneDNN runs faster;
 - windows at a clip's ends replicate the first/last frame, so every frame is upscaled.
@@ -29,9 +32,10 @@ import torch
 from torch import nn
 
 from tanet.align.rof import align_window
-from tanet.color import rgb_to_ycbcr, rgb_to_y_uint8, ycbcr_to_rgb
-from tanet.degrade import imresize
+from tanet.color import rgb_to_y_uint8, rgb_to_ycbcr, ycbcr_to_rgb_affine
+from tanet.degrade import upscale_integer
 from tanet.models.branch import BranchConfig
+from tanet.models.fused import FusedTANet, can_fuse
 from tanet.models.temporal_adaptive import TANetOutput
 from tanet.models.vsr import ModelConfig, VSRNet
 
@@ -79,6 +83,7 @@ class Upscaler:
         precision: Precision = "fp32",
         tile: int = 0,
         flow_method: str = "dis",
+        fuse: bool = True,
     ) -> None:
         if not isinstance(model, (VSRNet, StandaloneBranch)):
             raise TypeError(f"Upscaler needs a VSRNet or StandaloneBranch, got {type(model).__name__}")
@@ -93,6 +98,16 @@ class Upscaler:
         self.tile = tile
         self.flow_method = flow_method
         self.margin = receptive_radius(self.cfg)
+        affine, bias = ycbcr_to_rgb_affine()
+        self._affine = torch.tensor(255 * affine, dtype=torch.float32)
+        self._bias = torch.tensor(255 * bias + 0.5, dtype=torch.float32)[:, None]
+        # The SR network: the fused form (same function, fewer and larger convs) when possible.
+        self.sr_net: nn.Module = self.model.tanet
+        if fuse and isinstance(self.model, VSRNet) and can_fuse(self.model.tanet):
+            # Grouped-conv fusion pays on GPUs; a 2-core AVX2 CPU runs separate convs faster.
+            self.sr_net = FusedTANet(self.model.tanet, fuse_convs=self.device.type == "cuda").to(self.device).eval()
+            if self.device.type == "cpu":
+                self.sr_net = self.sr_net.to(memory_format=torch.channels_last)
 
     @property
     def scale(self) -> int:
@@ -182,8 +197,8 @@ class Upscaler:
             b, t, c, h, w = x.shape
             x = x.reshape(b, t * c, h, w).contiguous(memory_format=torch.channels_last).reshape(b, t, c, h, w)
         if not want_all:
-            return {"sr": self.model.tanet(x)[0]}
-        out = self.model.tanet(x, return_all=True)
+            return {"sr": self.sr_net(x)[0]}
+        out = self.sr_net(x, return_all=True)
         return {"sr": out.sr[0], "branches": out.branches[0], "weights": out.weights[0, :, 0]}
 
     # -- frames in, frames out ---------------------------------------------------------
@@ -194,23 +209,46 @@ class Upscaler:
         return FrameResult(rgb_hr, out["weights"].cpu().numpy() if want_weights else None)
 
     def to_rgb(self, sr: torch.Tensor, lr_frame: dict[str, Any]) -> np.ndarray:
-        """HR network output ``(C, rH, rW)`` + the LR frame's chroma -> ``(rH, rW, 3)`` uint8 RGB."""
-        return self._to_rgb(sr.to("cpu", torch.float64).clamp(0, 1), lr_frame["rgb"])
+        """HR network output ``(C, rH, rW)`` + the LR frame's chroma -> ``(rH, rW, 3)`` uint8 RGB.
 
-    def _to_rgb(self, sr: torch.Tensor, lr_rgb: torch.Tensor) -> np.ndarray:
+        In float32: at 720p the float64 version cost as much as half the network's time on
+        2 cores, and float32 changes a rounded output value only at exact .5 ties.
+        """
+        sr = sr.to("cpu", torch.float32)
+        _, h, w = sr.shape
         if self.cfg.color == "rgb":
-            rgb = sr
+            rgb255 = sr.reshape(3, -1).mul(255).add_(0.5)
         else:
-            ycc = rgb_to_ycbcr(lr_rgb.double() / 255)  # (3, h, w)
-            chroma = imresize(ycc[1:], scale=self.scale)  # MATLAB bicubic for Cb/Cr
-            rgb = ycbcr_to_rgb(torch.cat([sr, chroma], 0)).clamp_(0, 1)
-        return torch.floor(rgb * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+            ycc = rgb_to_ycbcr(lr_frame["rgb"].float() / 255)  # (3, h, w)
+            chroma = upscale_integer(ycc[1:], self.scale)  # MATLAB bicubic for Cb/Cr
+            ycc_hr = torch.cat([sr.clamp(0, 1), chroma], 0).reshape(3, -1)
+            # One product for ycbcr2rgb, x255 and the +0.5 of rounding: rgb255 = A' @ ycc + b'.
+            rgb255 = torch.addmm(self._bias, self._affine, ycc_hr)
+        out = rgb255.floor_().clamp_(0, 255).to(torch.uint8).reshape(3, h, w)
+        return out.permute(1, 2, 0).contiguous().numpy()
 
     def upscale_frames(self, frames: Iterable[np.ndarray], want_weights: bool = False) -> Iterator[FrameResult]:
         """Streams an iterable of LR frames to HR frames (same count; edges replicated).
 
         Memory holds one window (2N-1 prepared frames), whatever the clip length.
         """
+        for window in self.windows(frames):
+            yield self.upscale_prepared(window, want_weights)
+
+    def network_frames(
+        self, frames: Iterable[np.ndarray], want_weights: bool = False
+    ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """Like :meth:`upscale_frames` but stops before colour conversion.
+
+        Yields ``(network outputs, prepared centre frame)``; :meth:`to_rgb` finishes the
+        frame, so a pipeline can run that part on another thread.
+        """
+        for window in self.windows(frames):
+            out = self.network(self._network_input(window), want_weights)
+            yield out, window[len(window) // 2]
+
+    def windows(self, frames: Iterable[np.ndarray]) -> Iterator[list[dict[str, Any]]]:
+        """Prepared windows of 2N-1 frames around each frame in turn (edges replicated)."""
         half = self.cfg.num_frames // 2
         it = iter(frames)
         ahead: deque[dict[str, Any]] = deque()  # the centre frame and the frames after it
@@ -220,7 +258,7 @@ class Upscaler:
             if len(ahead) > half:
                 break
         while ahead:
-            yield self.upscale_prepared(edge_window(list(behind), list(ahead), half), want_weights)
+            yield edge_window(list(behind), list(ahead), half)
             behind.append(ahead.popleft())
             nxt = next(it, None)
             if nxt is not None:

@@ -184,7 +184,7 @@ def upscale_video(
     overwrite: bool = False,
     codec: str = "libx264",
     crf: int = 18,
-    preset: str = "veryfast",
+    preset: str = "auto",
     lossless: bool = False,
     progress: bool = True,
     root: Path | None = None,
@@ -204,7 +204,8 @@ def upscale_video(
         overwrite: replace existing outputs.
         codec: video codec of the output.
         crf: x264/x265 quality.
-        preset: encoder speed preset.
+        preset: encoder speed preset; ``auto`` is ``superfast`` on CPU (the encoder shares the
+            cores with the network) and ``veryfast`` with a GPU.
         lossless: lossless output (ffv1 in .mkv, else x264 RGB qp 0).
         progress: show a progress line on stderr.
         root: repo root (embedded tracking store).
@@ -218,6 +219,8 @@ def upscale_video(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise TanetError("--device cuda: CUDA is not available on this machine")
+    if preset == "auto":
+        preset = "veryfast" if device == "cuda" else "superfast"
     reader = open_video(input_path, max_frames=max_frames)
     info = reader.info
     if getattr(info, "variable_frame_rate", None):
@@ -278,15 +281,16 @@ def upscale_video(
         if wwriter is not None:
             stack.enter_context(wwriter)
         decoder = threading.Thread(target=_pump, args=(iter(reader), q_in, stop), daemon=True, name="decode")
-        results = upscaler.upscale_frames(_drain(q_in), want_weights=wwriter is not None)
+        # Colour conversion happens on this (the writing) thread, beside the network's.
+        results = upscaler.network_frames(_drain(q_in), want_weights=wwriter is not None)
         model_thread = threading.Thread(target=_pump, args=(results, q_out, stop), daemon=True, name="model")
         decoder.start()
         model_thread.start()
         try:
-            for res in _drain(q_out):
-                writer.write(res.rgb)
+            for out, centre in _drain(q_out):
+                writer.write(upscaler.to_rgb(out["sr"], centre))
                 if wwriter is not None:
-                    wwriter.write(weight_map_image(res.weights))
+                    wwriter.write(weight_map_image(out["weights"].cpu().numpy()))
                 written += 1
                 bar.update(written)
         finally:

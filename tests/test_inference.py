@@ -116,3 +116,27 @@ def test_bad_frames_are_rejected() -> None:
         up.prepare(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
         Upscaler(_model(tanet_s(alignment="none")), precision="fp16")
+
+
+@pytest.mark.parametrize("global_residual", [False, True])
+def test_fused_network_equals_the_unfused_one(global_residual: bool) -> None:
+    from dataclasses import replace
+
+    from tanet.models.fused import FusedTANet, can_fuse
+
+    cfg = tanet_s(alignment="none")
+    cfg = replace(cfg, branch=replace(cfg.branch, global_residual=global_residual))
+    net = _model(cfg)
+    assert can_fuse(net.tanet) and not can_fuse(_model(tanet_l()).tanet)
+    x = torch.rand(2, 5, 1, 19, 27)
+    for fuse_convs in (True, False):
+        with torch.no_grad():
+            ref, got = net.tanet(x, return_all=True), FusedTANet(net.tanet, fuse_convs)(x, return_all=True)
+        for a, b in zip(ref, got):
+            assert (a - b).abs().max() <= 1e-5
+    fused, plain = Upscaler(net), Upscaler(net, fuse=False)
+    assert fused.sr_net is not net.tanet and plain.sr_net is net.tanet
+    window = [fused.prepare(f) for f in _frames(5, 21, 30)]
+    a = fused.network(fused._network_input(window), want_all=True)
+    b = plain.network(plain._network_input(window), want_all=True)
+    assert all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
