@@ -37,6 +37,8 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # tanet's own progress (training steps, quarantined files) in the stage output and the flow run's logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tanet")
     # Results are tanet's own files (DVC outputs); Prefect keeps none of its own.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 
@@ -186,7 +188,9 @@ def run_flow(flow_obj: Any, task_runner: str | None, **kwargs: Any) -> Any:
     """Runs a flow with the chosen task runner; a failed flow exits the process with status 1."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Prefect attaches its console and API handlers to the "tanet" logger
+    # (PREFECT_LOGGING_EXTRA_LOGGERS); the level is ours to set.
+    logging.getLogger("tanet").setLevel(logging.INFO)
     if _SERVER is not None:
         _SERVER.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     return flow_obj.with_options(task_runner=make_task_runner(task_runner))(**kwargs)

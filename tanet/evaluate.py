@@ -46,7 +46,7 @@ from tanet.degrade import Degradation, apply_degradation, imresize, mod_crop
 from tanet.errors import TanetError
 from tanet.frames import list_frames, read_rgb
 from tanet.inference import StandaloneBranch, Upscaler, edge_window, weight_map_image
-from tanet.metrics import temporal_flicker, y_psnr_ssim
+from tanet.metrics import clip_motion, temporal_flicker, y_psnr_ssim
 from tanet.models.vsr import VSRNet
 from tanet.modelio import load_model_dir
 
@@ -168,6 +168,8 @@ def score(
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Per-method clip means and per-frame rows."""
     gt_t = [_tensor(g) for g in gt]
+    gt_clip = torch.stack(gt_t)
+    gt_motion = clip_motion(gt_clip) if flicker and len(gt) >= 2 else None  # shared by every method
     summary, rows = {}, []
     for method, frames in outputs.items():
         per = [y_psnr_ssim(_tensor(f), g, crop) for f, g in zip(frames, gt_t)]
@@ -175,9 +177,8 @@ def score(
         s = [float(b) for _, b in per]
         summary[method] = {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
         if flicker and method in ("bicubic", "tanet") and len(frames) >= 2:
-            summary[method]["tof"] = float(
-                temporal_flicker(torch.stack([_tensor(f) for f in frames]), torch.stack(gt_t))
-            )
+            sr_clip = torch.stack([_tensor(f) for f in frames])
+            summary[method]["tof"] = float(temporal_flicker(sr_clip, gt_clip, gt_motion))
         rows += [{"method": method, "frame": i, "psnr": a, "ssim": b} for i, (a, b) in enumerate(zip(p, s))]
     return summary, rows
 

@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_folders",
     "psnr",
     "ssim",
+    "clip_motion",
     "temporal_flicker",
     "y_channel",
     "y_psnr_ssim",
@@ -232,7 +233,16 @@ def _dis_flows(y_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [dis.calc(prev, nxt, None) for prev, nxt in itertools.pairwise(y_frames)]
 
 
-def temporal_flicker(sr_frames: torch.Tensor, gt_frames: torch.Tensor) -> float:
+def clip_motion(frames: torch.Tensor) -> list[np.ndarray]:
+    """DIS flow between consecutive frames of a ``(T, 3, H, W)`` uint8 clip, on the metric Y channel."""
+    if frames.ndim != 4 or frames.shape[0] < 2 or frames.dtype != torch.uint8:
+        raise ValueError(f"clip_motion expects a (T>=2, 3, H, W) uint8 clip, got {frames.dtype} {tuple(frames.shape)}")
+    return _dis_flows([np.ascontiguousarray(f[..., 0]) for f in to_numpy(rgb_to_y_uint8(frames))])
+
+
+def temporal_flicker(
+    sr_frames: torch.Tensor, gt_frames: torch.Tensor, gt_motion: list[np.ndarray] | None = None
+) -> float:
     """tOF-like temporal consistency of an SR clip against its ground truth; lower is better.
 
     ``tOF = mean_t mean_pixels,xy | flow(SR_t -> SR_t+1) - flow(GT_t -> GT_t+1) |``
@@ -245,6 +255,8 @@ def temporal_flicker(sr_frames: torch.Tensor, gt_frames: torch.Tensor) -> float:
     Args:
         sr_frames: ``(T, 3, H, W)`` uint8 SR clip, T >= 2.
         gt_frames: ``(T, 3, H, W)`` uint8 ground truth.
+        gt_motion: :func:`clip_motion` of ``gt_frames``, when already computed (several
+            methods scored against one ground truth).
 
     Returns:
         Mean absolute flow difference in pixels.
@@ -256,9 +268,6 @@ def temporal_flicker(sr_frames: torch.Tensor, gt_frames: torch.Tensor) -> float:
         )
     if sr_frames.dtype != torch.uint8 or gt_frames.dtype != torch.uint8:
         raise ValueError(f"temporal_flicker expects uint8 clips, got {sr_frames.dtype} and {gt_frames.dtype}")
-
-    def y_u8(clip: torch.Tensor) -> list[np.ndarray]:
-        return [np.ascontiguousarray(f[..., 0]) for f in to_numpy(rgb_to_y_uint8(clip))]
-
-    diffs = [float(np.abs(fs - fg).mean()) for fs, fg in zip(_dis_flows(y_u8(sr_frames)), _dis_flows(y_u8(gt_frames)))]
+    gt_motion = gt_motion if gt_motion is not None else clip_motion(gt_frames)
+    diffs = [float(np.abs(fs - fg).mean()) for fs, fg in zip(clip_motion(sr_frames), gt_motion)]
     return math.fsum(diffs) / len(diffs)
