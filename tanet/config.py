@@ -26,7 +26,7 @@ import yaml
 from tanet.errors import ConfigError
 from tanet.models.branch import BranchConfig
 from tanet.models.san import SANConfig
-from tanet.models.vsr import ModelConfig
+from tanet.models.vsr import ModelConfig, to_plain
 
 DegradationKind = Literal["BI", "BD"]
 
@@ -221,7 +221,7 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict in params.yaml layout (model.align_block left out: derived)."""
-        data = _plain(dataclasses.asdict(self))
+        data = to_plain(dataclasses.asdict(self))
         data["model"].pop("align_block")
         return data
 
@@ -238,14 +238,6 @@ class _FieldError(Exception):
 def _check(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise _FieldError(key, problem)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _type_name(value: Any) -> str:

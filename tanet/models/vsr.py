@@ -64,14 +64,15 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), for JSON and checkpoints."""
-        return _plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
 
-def _plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
+    """Nested dicts/tuples of a dataclass dump as JSON/YAML-friendly dicts and lists."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 
