@@ -143,6 +143,7 @@ def register_model(
     tags = {
         "tanet.git_commit": git_commit(root),
         "tanet.patches_sha256": meta.get("patches_sha256", ""),
+        "tanet.patches_dvc_md5": meta.get("patches_dvc_md5") or "",
         "tanet.scale": meta["model"]["scale"],
         "tanet.degradation": meta.get("degradation", ""),
         "tanet.alignment": meta["model"]["alignment"],

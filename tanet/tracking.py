@@ -87,6 +87,26 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
+def dvc_out_hash(out: Path, root: Path | None = None) -> str | None:
+    """The hash DVC recorded for an output folder in ``dvc.lock`` (None outside a DVC repo)."""
+    root = root or repo_root()
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    import yaml
+
+    try:
+        rel = str(Path(out).resolve().relative_to(root.resolve()))
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except (ValueError, OSError, yaml.YAMLError):
+        return None
+    for stage in stages.values():
+        for rec in stage.get("outs", []):
+            if rec.get("path") == rel:
+                return rec.get("md5") or rec.get("hash")
+    return None
+
+
 def _proc_start(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

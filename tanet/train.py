@@ -72,7 +72,7 @@ from tanet.metrics import psnr
 from tanet.modelio import CKPT_WEIGHTS, MODEL_META, BranchModel, write_model_dir
 from tanet.models import VSRNet
 from tanet.models.vsr import ModelConfig
-from tanet.tracking import Tracker
+from tanet.tracking import Tracker, dvc_out_hash
 
 log = logging.getLogger(__name__)
 
@@ -503,6 +503,7 @@ def run_job(
         The final metrics (``val_psnr``, ...) on rank 0; ``{}`` on other ranks.
     """
     tracker = tracker or Tracker()
+    tracker.set_tags({f"tanet.{k}": v for k, v in (meta or {}).items() if k != "params" and v is not None})
     optim = job.optim
     rank, world = _dist_info()
     if optim.batch_size % world:
@@ -638,6 +639,7 @@ def _meta(params: Params, patches_dir: Path) -> dict[str, Any]:
         "alignment": params.model.alignment,
         "licences": manifest.get("licences", []),
         "patches_sha256": hashlib.sha256("".join(str(s["sha256"]) for s in manifest["shards"]).encode()).hexdigest(),  # type: ignore[union-attr]
+        "patches_dvc_md5": dvc_out_hash(patches_dir),  # DVC's own hash of the shards, when run by DVC
         "params": params.to_dict(),
     }
 

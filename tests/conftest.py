@@ -22,6 +22,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module: its per-frame ops on small frames only pay OpenMP overhead,
+    and subprocesses it starts share the 2 cores. The session's setting is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_model_dir(path: Path, alignment: str = "none", seed: int = 0, scale: int = 4) -> Path:
     """Writes a small joint model folder (random weights) as training would."""
     import torch

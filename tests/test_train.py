@@ -64,13 +64,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """In-process tests run on one thread too (see ENV); the session's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
