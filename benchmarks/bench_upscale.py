@@ -72,35 +72,53 @@ def timed_fps(fn, seconds: float, sync=lambda: None) -> float:  # type: ignore[n
 
 @torch.inference_mode()
 def model_only(device: str, size: tuple[int, int], seconds: float, precision: str, compile_: bool) -> dict[str, float]:
+    """Median fps of the plain eager forward and of the upscaler's network paths, interleaved.
+
+    Paths: ``eager_nchw`` (``VSRNet.tanet`` as trained), ``fused`` (the upscaler's default
+    inference form) and, with ``compile_``, ``compiled`` (the same under ``torch.compile``,
+    as ``tanet upscale --compile on`` runs it; its one-off compile time is returned as
+    ``compile_s``).
+    """
     net = VSRNet(tanet_s(alignment="none")).to(device).eval()
     h, w = size
     x = torch.rand(1, 5, 1, h, w, device=device)
     # The Upscaler converts the module it is given (channels_last on CPU): keep the baseline apart.
-    up = Upscaler(copy.deepcopy(net), device=device, precision="bf16" if precision == "bf16" else "fp32")
+    prec = "bf16" if precision == "bf16" else "fp32"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     amp = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device, enabled=False)
-    fused = up.sr_net
-    if compile_:
-        fused = torch.compile(fused, mode="max-autotune")
     xin = (
         x.reshape(1, 5, h, w).contiguous(memory_format=torch.channels_last).reshape(1, 5, 1, h, w)
         if device == "cpu"
         else x
     )
-
-    def eager() -> None:
+    paths = {"eager_nchw": lambda: net(x), "fused": Upscaler(copy.deepcopy(net), device=device, precision=prec).sr_net}
+    compile_s = 0.0
+    if compile_:
+        compiled = Upscaler(copy.deepcopy(net), device=device, precision=prec, compile=True).sr_net
+        t0 = time.perf_counter()
         with amp:
-            net(x)
+            compiled(xin)
+        sync()
+        compile_s = time.perf_counter() - t0
+        if getattr(compiled, "failed", False):
+            print("torch.compile failed here; 'compiled' below is the eager inference form")
+        paths["compiled"] = compiled
 
-    def ours() -> None:
-        with amp:
-            fused(xin)
+    def runner(name: str):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            with amp:
+                paths[name]() if name == "eager_nchw" else paths[name](xin)  # type: ignore[operator]
 
-    res = {"eager_nchw": [], "fused": []}
+        return run
+
+    res: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(5):  # interleaved rounds, median: the machines are noisy
-        res["eager_nchw"].append(timed_fps(eager, seconds, sync))
-        res["fused"].append(timed_fps(ours, seconds, sync))
-    return {k: sorted(v)[len(v) // 2] for k, v in res.items()}
+        for name in paths:
+            res[name].append(timed_fps(runner(name), seconds, sync))
+    out = {k: sorted(v)[len(v) // 2] for k, v in res.items()}
+    if compile_:
+        out["compile_s"] = compile_s
+    return out
 
 
 @torch.inference_mode()
@@ -120,11 +138,16 @@ def only(path: str, n: int) -> None:
     print(f"{path}: {n / (time.perf_counter() - t0):.2f} fps")
 
 
-def end_to_end(model_dir: Path, clip: Path, out: Path, preset: str = "auto") -> float:
+def end_to_end(
+    model_dir: Path, clip: Path, out: Path, preset: str = "auto", compile_: str = "off"
+) -> tuple[float, float]:
+    """``(fps over the whole run, steady fps from the first frame written to the last)``."""
     from tanet.upscale import upscale_video
 
-    report = upscale_video(clip, out, model_dir, overwrite=True, progress=False, device="cpu", preset=preset)
-    return report.fps
+    report = upscale_video(
+        clip, out, model_dir, overwrite=True, progress=False, device="cpu", preset=preset, compile=compile_
+    )
+    return report.fps, report.steady_fps
 
 
 def peak_rss(model_dir: Path, clip: Path, out: Path) -> float:
@@ -144,7 +167,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=120, help="frames of the end-to-end clip")
     ap.add_argument("--preset", default="auto", help="x264 preset of the end-to-end runs (auto: the CPU default)")
     ap.add_argument("--seconds", type=float, default=3.0, help="per model-only measurement")
-    ap.add_argument("--compile", action="store_true", help="CUDA: torch.compile the fused network")
+    ap.add_argument("--compile", action="store_true", help="CUDA: also time the torch.compile'd network")
+    ap.add_argument("--no-compile", action="store_true", help="CPU: skip the torch.compile'd path")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument(
         "--only",
@@ -163,22 +187,37 @@ def main() -> None:
             return
         print(f"GPU: {torch.cuda.get_device_name()}")
         res = model_only("cuda", (540, 960), args.seconds, "bf16", args.compile)
-        print(json.dumps({"960x540->3840x2160 model-only fps (bf16)": res, "ratio": res["fused"] / res["eager_nchw"]}))
+        best = max(v for k, v in res.items() if k not in ("eager_nchw", "compile_s"))
+        print(json.dumps({"960x540->3840x2160 model-only fps (bf16)": res, "ratio": best / res["eager_nchw"]}))
         return
-    res = model_only("cpu", (180, 320), args.seconds, "fp32", False)
+    res = model_only("cpu", (180, 320), args.seconds, "fp32", not args.no_compile)
     print(
         f"model-only 320x180 -> 1280x720: eager NCHW {res['eager_nchw']:.1f} fps, fused channels_last "
-        f"{res['fused']:.1f} fps, ratio {res['fused'] / res['eager_nchw']:.2f} (target >= 1.3)"
+        f"{res['fused']:.1f} fps (ratio {res['fused'] / res['eager_nchw']:.2f})"
+        + (
+            f", compiled {res['compiled']:.1f} fps (ratio {res['compiled'] / res['eager_nchw']:.2f}; "
+            f"compile {res['compile_s']:.0f} s)"
+            if "compiled" in res
+            else ""
+        )
+        + " (target >= 1.3)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = make_clip(tmp / "clip.mp4", args.frames)
-        for alignment in ("none", "rof"):
-            fps = end_to_end(
-                make_model(tmp / f"m_{alignment}", alignment), clip, tmp / f"out_{alignment}.mp4", args.preset
+        runs = [("none", "off", "fused"), ("rof", "off", None)]
+        if "compiled" in res:
+            runs.append(("none", "on", "compiled"))
+        for alignment, comp, ref in runs:
+            model = tmp / f"m_{alignment}"
+            if not model.exists():
+                make_model(model, alignment)
+            fps, steady = end_to_end(model, clip, tmp / f"out_{alignment}.mp4", args.preset, comp)
+            extra = f"; steady {steady / res[ref]:.2f}x model-only {ref} (target >= 0.8)" if ref else ""
+            print(
+                f"end-to-end (decode -> SR -> encode, audio copied), alignment {alignment}, compile {comp}: "
+                f"{fps:.1f} fps whole run, {steady:.1f} fps steady{extra}"
             )
-            extra = f", {fps / res['fused']:.2f}x model-only (target >= 0.8)" if alignment == "none" else ""
-            print(f"end-to-end (decode -> SR -> encode, audio copied), alignment {alignment}: {fps:.1f} fps{extra}")
         if not args.skip_memory:
             model = tmp / "m_none"
             short, long_ = make_clip(tmp / "short.mp4", 30), make_clip(tmp / "long.mp4", 300)

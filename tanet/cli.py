@@ -87,6 +87,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         lossless=args.lossless,
         progress=not args.quiet,
         max_frames=args.max_frames,
+        compile=args.compile,
     )
     print(json.dumps(report.__dict__))
     return 0
@@ -227,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lossless", action="store_true", help="lossless output (ffv1 in .mkv, else x264 RGB)")
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames")
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="torch.compile the network (auto: for clips of 1000+ frames, where the compile pays back)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_upscale)
 

@@ -13,6 +13,12 @@ A trained model maps a window of 2N-1 LR frames to the HR centre frame. For real
   large convolutions;
 - precision: fp32, or bf16/fp16 autocast (CUDA; bf16 also on CPU); ``channels_last`` memory
   format on CPU, which oneDNN runs faster;
+- optionally ``torch.compile`` of the SR network (``compile=True``; Inductor with weight
+  freezing, so oneDNN gets pre-packed weights and fused conv + ReLU). It costs a compile per
+  input shape (about 25 s on 2 CPU cores, a few seconds from Inductor's on-disk cache) and
+  then runs ~1.2x faster than the eager inference form on CPU, so it pays on long clips.
+  If compiling fails (no C++ compiler, an unsupported op), a warning is logged and the
+  eager form runs instead;
 - windows at a clip's ends replicate the first/last frame, so every frame is upscaled.
 
 Shapes: frames ``(H, W, 3)`` uint8 RGB in, ``(rH, rW, 3)`` uint8 RGB out; weight maps
@@ -21,12 +27,14 @@ Shapes: frames ``(H, W, 3)`` uint8 RGB in, ``(rH, rW, 3)`` uint8 RGB out; weight
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -39,6 +47,7 @@ from tanet.models.fused import FusedTANet, can_fuse
 from tanet.models.temporal_adaptive import TANetOutput
 from tanet.models.vsr import ModelConfig, VSRNet
 
+log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16", "fp16"]
 # Colour of each branch in weight-map pictures: branch 1 red, 2 green, 3 blue, then yellow, purple.
 BRANCH_COLOURS = np.array([[230, 60, 50], [60, 180, 75], [40, 110, 230], [240, 200, 40], [150, 60, 200]], np.float32)
@@ -74,6 +83,8 @@ class Upscaler:
         precision: ``fp32``, ``bf16`` or ``fp16`` (fp16 on CUDA only).
         tile: LR tile side for the SR network (0 = whole frames).
         flow_method: optical flow used by ROF alignment.
+        fuse: run the SR network in its inference form (``tanet.models.fused``) when it has one.
+        compile: ``torch.compile`` the SR network (see the module docstring).
     """
 
     def __init__(
@@ -84,6 +95,7 @@ class Upscaler:
         tile: int = 0,
         flow_method: str = "dis",
         fuse: bool = True,
+        compile: bool = False,
     ) -> None:
         if not isinstance(model, (VSRNet, StandaloneBranch)):
             raise TypeError(f"Upscaler needs a VSRNet or StandaloneBranch, got {type(model).__name__}")
@@ -99,8 +111,8 @@ class Upscaler:
         self.flow_method = flow_method
         self.margin = receptive_radius(self.cfg)
         affine, bias = ycbcr_to_rgb_affine()
-        self._affine = torch.tensor(255 * affine, dtype=torch.float32)
-        self._bias = torch.tensor(255 * bias + 0.5, dtype=torch.float32)[:, None]
+        # ycbcr2rgb, x255 and the +0.5 of rounding as one 3x4 matrix for cv2.transform.
+        self._to_rgb255 = np.concatenate([255 * affine, 255 * bias[:, None] + 0.5], 1).astype(np.float32)
         # The SR network: the fused form (same function, fewer and larger convs) when possible.
         self.sr_net: nn.Module = self.model.tanet
         if fuse and isinstance(self.model, VSRNet) and can_fuse(self.model.tanet):
@@ -108,6 +120,8 @@ class Upscaler:
             self.sr_net = FusedTANet(self.model.tanet, fuse_convs=self.device.type == "cuda").to(self.device).eval()
             if self.device.type == "cpu":
                 self.sr_net = self.sr_net.to(memory_format=torch.channels_last)
+        if compile:
+            self.sr_net = CompiledOrEager(self.sr_net)
 
     @property
     def scale(self) -> int:
@@ -215,17 +229,19 @@ class Upscaler:
         2 cores, and float32 changes a rounded output value only at exact .5 ties.
         """
         sr = sr.to("cpu", torch.float32)
-        _, h, w = sr.shape
         if self.cfg.color == "rgb":
-            rgb255 = sr.reshape(3, -1).mul(255).add_(0.5)
+            planes = [p.numpy() for p in sr]
+            matrix = np.array([[255, 0, 0, 0.5], [0, 255, 0, 0.5], [0, 0, 255, 0.5]], np.float32)
         else:
             ycc = rgb_to_ycbcr(lr_frame["rgb"].float() / 255)  # (3, h, w)
             chroma = upscale_integer(ycc[1:], self.scale)  # MATLAB bicubic for Cb/Cr
-            ycc_hr = torch.cat([sr.clamp(0, 1), chroma], 0).reshape(3, -1)
-            # One product for ycbcr2rgb, x255 and the +0.5 of rounding: rgb255 = A' @ ycc + b'.
-            rgb255 = torch.addmm(self._bias, self._affine, ycc_hr)
-        out = rgb255.floor_().clamp_(0, 255).to(torch.uint8).reshape(3, h, w)
-        return out.permute(1, 2, 0).contiguous().numpy()
+            planes = [sr[0].clamp(0, 1).numpy(), chroma[0].numpy(), chroma[1].numpy()]
+            matrix = self._to_rgb255
+        # OpenCV's SIMD merge and per-pixel 3x4 transform, straight into HWC: at 720p about
+        # 3x cheaper than torch's addmm + permute, and this runs beside the network.
+        rgb255 = cv2.transform(cv2.merge(planes), matrix)
+        np.clip(rgb255, 0, 255, out=rgb255)
+        return rgb255.astype(np.uint8)  # truncation == floor on [0, 255]
 
     def upscale_frames(self, frames: Iterable[np.ndarray], want_weights: bool = False) -> Iterator[FrameResult]:
         """Streams an iterable of LR frames to HR frames (same count; edges replicated).
@@ -263,6 +279,36 @@ class Upscaler:
             nxt = next(it, None)
             if nxt is not None:
                 ahead.append(self.prepare(nxt))
+
+
+class CompiledOrEager(nn.Module):
+    """``torch.compile`` of a module for inference, falling back to the module itself.
+
+    Inductor runs with ``freezing`` (parameters become constants: pre-packed oneDNN weights,
+    conv + ReLU fused) and static shapes (one compile per distinct input shape, e.g. the
+    whole frame and the edge tiles). A compile that fails, typically for want of a C++
+    compiler on CPU, logs one warning and the eager module serves every later call.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.eager = module
+        self.compiled: Any = torch.compile(module, dynamic=False)
+        self.failed = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            import torch._dynamo.exc
+            import torch._inductor.config
+
+            try:
+                with torch._inductor.config.patch(freezing=True):
+                    return self.compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as err:
+                self.failed = True
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                log.warning("torch.compile failed (%s); running the network uncompiled", first[:300])
+        return self.eager(*args, **kwargs)
 
 
 def edge_window(behind: list[Any], ahead: list[Any], half: int) -> list[Any]:

@@ -140,3 +140,66 @@ def test_fused_network_equals_the_unfused_one(global_residual: bool) -> None:
     a = fused.network(fused._network_input(window), want_all=True)
     b = plain.network(plain._network_input(window), want_all=True)
     assert all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
+
+
+def test_to_rgb_matches_float64_ycbcr2rgb() -> None:
+    """The float32 OpenCV path equals MATLAB-style float64 ycbcr2rgb up to rounding ties."""
+    from tanet.color import rgb_to_ycbcr, ycbcr_to_rgb
+    from tanet.degrade import upscale_integer
+
+    up = Upscaler(_model(tanet_s(alignment="none")))
+    frame = _frames(1, 37, 53, seed=3)[0]
+    prepared = up.prepare(frame)
+    sr = torch.rand(1, 4 * 37, 4 * 53) * 1.2 - 0.1  # also outside [0, 1]: clamped like the float64 path
+    got = up.to_rgb(sr, prepared)
+    ycc = rgb_to_ycbcr(torch.from_numpy(frame).permute(2, 0, 1).double() / 255)
+    hr = torch.cat([sr.double().clamp(0, 1), upscale_integer(ycc[1:], 4)], 0)
+    ref = (ycbcr_to_rgb(hr) * 255 + 0.5).floor().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert got.shape == ref.shape and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+
+
+def test_compiled_network_equals_the_eager_one() -> None:
+    """``compile=True`` (torch.compile, Inductor with freezing) computes the same frames."""
+    net = _model(tanet_s(alignment="none"))
+    eager, compiled = Upscaler(net), Upscaler(net, compile=True, tile=24)
+    window = [eager.prepare(f) for f in _frames(5, 30, 40)]
+    x = eager._network_input(window)
+    a, b = eager.network(x), compiled.network(x)  # tiles of 3 shapes: 3 compiles
+    assert not compiled.sr_net.failed  # type: ignore[union-attr]
+    assert (a["sr"] - b["sr"]).abs().max() <= 1e-5
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without a working C++ compiler Inductor fails; the upscaler warns and runs eagerly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import logging, numpy as np, torch, torch._inductor.config as ic\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "ic.cpp.cxx = ('/nonexistent/c++',)\n"
+        "from tanet.inference import Upscaler\n"
+        "from tanet.models import VSRNet, tanet_s\n"
+        "torch.manual_seed(0)\n"
+        "net = VSRNet(tanet_s(alignment='none')).eval()\n"
+        "up, ref = Upscaler(net, compile=True), Upscaler(net)\n"
+        "frames = [np.full((12, 14, 3), 90 + 10 * k, np.uint8) for k in range(5)]\n"
+        "a = up.upscale_prepared([up.prepare(f) for f in frames]).rgb\n"
+        "b = ref.upscale_prepared([ref.prepare(f) for f in frames]).rgb\n"
+        "print('failed', up.sr_net.failed, 'equal', np.array_equal(a, b))\n"
+    )
+    env = {**__import__("os").environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "failed True equal True" in res.stdout
+    assert "torch.compile failed" in res.stderr and "running the network uncompiled" in res.stderr

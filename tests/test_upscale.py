@@ -112,3 +112,23 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, model_dir: Path, case: s
     assert needle in lines[-1], lines[-1]
     assert len([ln for ln in lines if "Traceback" in ln]) == 0
     assert not out.exists()
+
+
+def test_compile_on_gives_the_same_frames(tmp_path: Path, model_dir: Path) -> None:
+    """``--compile on`` (torch.compile) writes the frames ``--compile off`` writes, to rounding."""
+    import numpy as np
+
+    from tanet.frames import read_rgb
+
+    folder = mf.frame_folder(tmp_path / "frames", frames=5, size=(21, 13))
+    for mode in ("off", "on"):
+        res = _tanet("upscale", folder, tmp_path / f"x4_{mode}", "--model", model_dir, "--compile", mode, "-q")
+        assert res.returncode == 0, res.stderr
+        assert "torch.compile failed" not in res.stderr
+    off, on = list_frames(tmp_path / "x4_off"), list_frames(tmp_path / "x4_on")
+    assert len(off) == len(on) == 5
+    for a, b in zip(off, on):
+        diff = np.abs(read_rgb(a).astype(int) - read_rgb(b).astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    res = _tanet("upscale", folder, tmp_path / "x4_bad", "--model", model_dir, "--compile", "yes")
+    assert res.returncode == 2 and "--compile" in res.stderr
