@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from tanet.data.dataset import PatchLoader
-from tanet.data.patches import PatchLayout, ShardWriter, write_patch_manifest
+from tanet.data.patches import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, write_patch_manifest
 
 FIELD_SETS = {"lr+hr": ("lr", "hr"), "rof+hr": ("rof", "hr"), "all": ("lr", "rof", "hr", "theta")}
 
@@ -52,11 +52,12 @@ def build_shards(
     seed: int = 0,
     layout: PatchLayout = PatchLayout(num_frames=5, channels=1, patch=32, scale=4),
     max_bytes: int = 64 << 20,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
 ) -> dict[str, object]:
     """Writes ``rows`` synthetic samples as shards + manifest into ``out``."""
     rng = np.random.default_rng(seed)
     schema = layout.schema()
-    writer = ShardWriter(out, "synthetic", schema, max_bytes)
+    writer = ShardWriter(out, "synthetic", schema, max_bytes, zstd_level)
     p, rp, t = layout.patch, layout.scale * layout.patch, layout.num_frames
     for start in range(0, rows, rows_per_group):
         n = min(rows_per_group, rows - start)
@@ -110,6 +111,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--shuffle-groups", type=int, default=8)
     ap.add_argument("--content", choices=("frames", "random"), default="frames")
+    ap.add_argument(
+        "--zstd-level",
+        type=int,
+        default=DEFAULT_ZSTD_LEVEL,
+        help="zstd level of the synthetic shards (patches.zstd_level)",
+    )
     ap.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     ap.add_argument("--fields", choices=tuple(FIELD_SETS), nargs="*", default=list(FIELD_SETS))
     ap.add_argument(
@@ -128,10 +135,11 @@ def main() -> None:
         if not (tmp / "manifest.json").is_file():
             tmp.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            m = build_shards(tmp, args.rows, args.rows_per_group, args.content)
+            m = build_shards(tmp, args.rows, args.rows_per_group, args.content, zstd_level=args.zstd_level)
             size = sum(int(s["bytes"]) for s in m["shards"]) / 2**20  # type: ignore[union-attr]
             print(
-                f"built {m['rows']} rows in {len(m['shards'])} shard(s), {size:.0f} MiB ({args.content}), "  # type: ignore[arg-type]
+                f"built {m['rows']} rows in {len(m['shards'])} shard(s), {size:.0f} MiB ({args.content}, "  # type: ignore[arg-type]
+                f"zstd level {args.zstd_level}), "
                 f"{time.perf_counter() - t0:.1f} s"
             )
         print(f"batch {args.batch}, shuffle_groups {args.shuffle_groups}, rows/group {args.rows_per_group}")

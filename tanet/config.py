@@ -92,6 +92,9 @@ class PatchesParams:
     min_std: float = 2.0  # skip patches whose LR centre Y std (grey levels) is below this
     rows_per_group: int = 512  # Parquet row group size (the loader's unit of reading)
     max_shard_mb: float = 64.0  # size bound of one shard file (MiB)
+    # zstd level of the shards: negative levels decode faster (the loader's main cost) for
+    # somewhat larger files; benchmarks/bench_loader.py --zstd-level compares them.
+    zstd_level: int = -5
     seed: int = 0  # patch positions are a pure function of the seed and the inputs
 
     def __post_init__(self) -> None:
@@ -100,6 +103,7 @@ class PatchesParams:
         _check(self.min_std >= 0, "min_std", "must be >= 0")
         _check(self.rows_per_group >= 1, "rows_per_group", "must be >= 1")
         _check(self.max_shard_mb > 0, "max_shard_mb", "must be > 0")
+        _check(-100 <= self.zstd_level <= 22, "zstd_level", "must be in [-100, 22] (zstd's fast levels are negative)")
 
 
 @dataclass(frozen=True)

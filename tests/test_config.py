@@ -40,6 +40,7 @@ def test_every_preset_validates_and_round_trips(name: str, tmp_path: Path) -> No
         ("model.scale", 3, r"model.scale: 3 is not among degrade.scales"),
         ("model.align_block", 16, r"model.align_block: not settable"),
         ("ingest.val_clips", "bikes", r"ingest.val_clips: expected a list"),
+        ("patches.zstd_level", 30, r"patches.zstd_level: must be in \[-100, 22\]"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, key: str, value: object, message: str) -> None:

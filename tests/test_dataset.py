@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tanet.data.dataset import LoaderState, PatchDataset, PatchLoader
-from tanet.data.patches import PatchLayout, ShardWriter, write_patch_manifest
+from tanet.data.patches import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, read_patch_manifest, write_patch_manifest
 from tanet.errors import InputError
 
 LAYOUT = PatchLayout(num_frames=5, channels=1, patch=8, scale=2)
@@ -43,12 +43,14 @@ def expected_theta(ids: np.ndarray) -> np.ndarray:
     return ((ids[:, None] * 7 + np.arange(2 * t1)[None, :]) % 19 - 9).reshape(-1, t1, 2).astype(np.float32)
 
 
-def write_dataset(out: Path, groups: dict[str, list[int]] = GROUPS, max_bytes: int = 1 << 30) -> dict[str, object]:
+def write_dataset(
+    out: Path, groups: dict[str, list[int]] = GROUPS, max_bytes: int = 1 << 30, zstd_level: int = DEFAULT_ZSTD_LEVEL
+) -> dict[str, object]:
     schema = LAYOUT.schema()
     shards: list[dict[str, object]] = []
     next_id = 0
     for clip, sizes in groups.items():
-        writer = ShardWriter(out, clip, schema, max_bytes)
+        writer = ShardWriter(out, clip, schema, max_bytes, zstd_level)
         for n in sizes:
             ids = np.arange(next_id, next_id + n)
             next_id += n
@@ -291,3 +293,16 @@ def test_a_shard_of_another_layout_is_an_error_naming_it(tmp_path: Path) -> None
     write_patch_manifest(tmp_path, LAYOUT, writer.close())  # the manifest claims LAYOUT
     with pytest.raises(InputError, match=r"other-00000.parquet: shard schema does not match"):
         PatchLoader(tmp_path, 2)
+
+
+def test_zstd_level_changes_the_files_not_the_samples(tmp_path: Path, data_dir: Path) -> None:
+    """``patches.zstd_level`` trades file size for decoding speed; the batches are identical."""
+    write_dataset(tmp_path, zstd_level=9)
+    default = {s["file"]: s for s in read_patch_manifest(data_dir)["shards"]}  # type: ignore[union-attr]
+    strong = {s["file"]: s for s in read_patch_manifest(tmp_path)["shards"]}  # type: ignore[union-attr]
+    assert default.keys() == strong.keys()
+    assert all(default[f]["sha256"] != strong[f]["sha256"] for f in default)
+    assert sum(int(s["bytes"]) for s in strong.values()) < sum(int(s["bytes"]) for s in default.values())
+    a, b = PatchLoader(data_dir, BS, seed=3), PatchLoader(tmp_path, BS, seed=3)
+    for (_, x), (_, y) in zip(itertools.islice(a.iter_batches(LoaderState()), 12), b.iter_batches(LoaderState())):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

@@ -34,7 +34,7 @@ import torch
 from tanet.align.rof import patch_shifts, shift_crop
 from tanet.atomic import atomic_dir, atomic_write_json
 from tanet.color import rgb_to_y_uint8
-from tanet.config import Params
+from tanet.config import Params, PatchesParams
 from tanet.data.flows import load_flows, neighbour_offsets
 from tanet.data.ingest import ClipRecord, read_manifest
 from tanet.data.lrsets import lr_set_name
@@ -43,6 +43,7 @@ from tanet.frames import list_frames, read_rgb
 from tanet.parallel import Mapper, serial_map
 
 MANIFEST = "manifest.json"
+DEFAULT_ZSTD_LEVEL: int = PatchesParams.zstd_level
 FORMAT_VERSION = 1
 _CANDIDATES = 4  # candidate positions drawn per wanted patch (for the min_std filter)
 
@@ -104,8 +105,11 @@ class ShardWriter:
     bound unless one row group alone exceeds it (such a shard holds that single group).
     """
 
-    def __init__(self, out_dir: Path, prefix: str, schema: pa.Schema, max_bytes: int) -> None:
+    def __init__(
+        self, out_dir: Path, prefix: str, schema: pa.Schema, max_bytes: int, zstd_level: int = DEFAULT_ZSTD_LEVEL
+    ) -> None:
         self.out_dir = out_dir
+        self.zstd_level = zstd_level
         self.prefix = prefix
         self.schema = schema
         self.max_bytes = max_bytes
@@ -124,6 +128,7 @@ class ShardWriter:
             self._tmp,
             self.schema,
             compression="zstd",
+            compression_level=self.zstd_level,
             use_dictionary=["clip"],
             write_statistics=["clip", "frame", "y", "x"],
         )
@@ -280,7 +285,7 @@ def write_clip_shards(
     pp, model = params.patches, params.model
     layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
     schema = layout.schema()
-    writer = ShardWriter(out_dir, clip.clip_id, schema, int(pp.max_shard_mb * (1 << 20)))
+    writer = ShardWriter(out_dir, clip.clip_id, schema, int(pp.max_shard_mb * (1 << 20)), pp.zstd_level)
     pending: dict[str, list[object]] = {name: [] for name in schema.names}
     count = 0
     try:
