@@ -21,6 +21,7 @@ from tanet.degrade import (
     degrade_folder,
     gaussian_kernel2d,
     imresize,
+    upscale_integer,
     mod_crop,
     sample_degradation,
 )
@@ -143,6 +144,19 @@ def test_bicubic_upscale() -> None:
     torch.testing.assert_close(up, imresize(lr, scale=4.0))
     with pytest.raises(ValueError, match="integer"):
         bicubic_upscale(lr, 2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 6), (17, 11)])
+def test_upscale_integer_equals_imresize(scale: int, size: tuple[int, int]) -> None:
+    """The two-convolution enlargement (chroma of upscaled video) is MATLAB's imresize,
+    borders included (tiny sizes reflect the symmetric padding more than once)."""
+    lr = torch.rand(2, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(scale))
+    up = upscale_integer(lr, scale)
+    assert up.shape == (2, scale * size[0], scale * size[1])
+    torch.testing.assert_close(up, imresize(lr, scale=float(scale)), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="scale >= 2"):
+        upscale_integer(lr, 1)
 
 
 # --- BI / BD ---------------------------------------------------------------------------
