@@ -1,7 +1,9 @@
 """Atomic outputs: nothing half-written is ever left under a final name.
 
 Files are written to a temporary name in the destination folder and renamed into place;
-folders are filled under a temporary name and swapped in whole.
+folders are filled under a temporary name and swapped in whole. ``tempfile`` creates those
+owner-only (0600/0700); they get the modes a plain ``open``/``mkdir`` would give
+(0666/0777 less the umask), so outputs are as readable as any other file of the user's.
 """
 
 from __future__ import annotations
@@ -12,16 +14,47 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process umask (read by setting and restoring it, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file/folder: 0666/0777 less the umask."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
+def mkstemp_public(**kwargs: Any) -> tuple[int, str]:
+    """``tempfile.mkstemp`` with the default file mode instead of 0600."""
+    fd, tmp = tempfile.mkstemp(**kwargs)
+    os.fchmod(fd, default_mode())
+    return fd, tmp
+
+
+def mkdtemp_public(**kwargs: Any) -> str:
+    """``tempfile.mkdtemp`` with the default folder mode instead of 0700."""
+    tmp = tempfile.mkdtemp(**kwargs)
+    os.chmod(tmp, default_mode(directory=True))
+    return tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes bytes to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_public(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -104,7 +137,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(mkdtemp_public(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _fsync_tree(tmp)

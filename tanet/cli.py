@@ -42,7 +42,9 @@ def cmd_params(args: argparse.Namespace) -> int:
         if not sep:
             raise TanetError(f"--set expects key=value, got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    text = dump_params(preset_params(args.preset, overrides))
+    data = preset_params(args.preset, overrides)
+    # JSON (also valid YAML) for hosts without PyYAML, e.g. a bare GPU machine running tanet.train.
+    text = json.dumps(data, indent=2) + "\n" if args.json else dump_params(data)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -193,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
     p.add_argument("-o", "--output", default="params.yaml", help="file to write, or - for stdout")
+    p.add_argument("--json", action="store_true", help="write JSON (readable where PyYAML is not installed)")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("degrade", help="BI/BD-degrade a folder of frames")

@@ -160,12 +160,13 @@ def register_model(
     client.set_registered_model_alias(model_name, CANDIDATE, version)
     champion_version = None
     champion_scores = None
-    try:
-        champ = client.get_model_version_by_alias(model_name, CHAMPION)
+    # Read the alias table rather than catching get_model_version_by_alias's error: a server
+    # or network failure must stop the stage, not pass for "no champion yet".
+    aliases = dict(client.get_registered_model(model_name).aliases or {})
+    if CHAMPION in aliases:
+        champ = client.get_model_version(model_name, str(aliases[CHAMPION]))
         champion_version = str(champ.version)
         champion_scores = scores_from_tags(champ.tags, metric)
-    except Exception:  # noqa: BLE001 - MLflow raises a generic error when the alias is unset
-        pass
     promote, reason = champion_decision(
         scores_from_tags({k: str(v) for k, v in tags.items()}, metric), champion_scores, min_gain
     )

@@ -46,8 +46,8 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import threading
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tanet.atomic import mkdtemp_public
 from tanet.config import OptimParams, Params, load_params
 from tanet.data.dataset import LoaderState, PatchLoader
 from tanet.data.patches import read_patch_manifest
@@ -356,7 +357,7 @@ def save_checkpoint(
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"{CKPT_PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_dir))
+    tmp = Path(mkdtemp_public(prefix=f".{final.name}.", suffix=".tmp", dir=ckpt_dir))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / CKPT_WEIGHTS))
         torch.save(
@@ -845,5 +846,14 @@ def _has_mlflow() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
+def _cli() -> int:
+    """``python -m tanet.train``: user errors (bad params, missing data) as one line, exit 2."""
+    try:
+        return main()
+    except TanetError as err:
+        print(f"tanet.train: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli())

@@ -26,6 +26,7 @@ import math
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +120,12 @@ def _check_output(path: Path, overwrite: bool) -> None:
         raise InputError(path, f"cannot write here ({probe} is not a directory)")
     if not os.access(probe, os.W_OK):
         raise InputError(path, f"cannot write here ({probe} is not writable)")
+    # os.access answers yes to root everywhere (even on /proc): try creating a file for real.
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise InputError(path, f"cannot write here ({probe} is not writable: {err.strerror})") from None
 
 
 class Progress:
@@ -231,6 +238,10 @@ def upscale_video(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise TanetError("--device cuda: CUDA is not available on this machine")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise TanetError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp16" and device != "cuda":
+        raise TanetError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if preset == "auto":
         preset = "veryfast" if device == "cuda" else "superfast"
     reader = open_video(input_path, max_frames=max_frames)

@@ -50,7 +50,7 @@ import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 
-from tanet.atomic import atomic_dir
+from tanet.atomic import atomic_dir, mkstemp_public
 from tanet.errors import InputError, VideoError
 from tanet.frames import list_frames, read_rgb, write_rgb
 
@@ -961,7 +961,7 @@ class VideoWriter:
 
     def _start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
+        fd, tmp = mkstemp_public(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
         os.close(fd)  # the name is reserved; ffmpeg overwrites the empty file (-y)
         self._tmp = Path(tmp)
         self._proc, self._stderr = _popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

@@ -562,6 +562,55 @@ def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".*.tmp")]
 
 
+# Top-level names of site-packages that the GPU machine lacks (it has torch, numpy, pyarrow,
+# opencv and safetensors).
+ABSENT_ON_GPU_HOST = ("ffmpeg", "imageio_ffmpeg", "yaml", "_yaml", "pyyaml", "mlflow", "prefect", "dvc", "distributed")
+
+
+def bare_host_env(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """An interpreter command and environment in which those packages really are absent:
+    ``python -S`` (no site-packages) over a copy of site-packages made of symlinks to
+    everything else."""
+    import site
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    for sp in site.getsitepackages():
+        for entry in Path(sp).iterdir():
+            if not entry.name.lower().startswith(ABSENT_ON_GPU_HOST) and not (site_dir / entry.name).exists():
+                (site_dir / entry.name).symlink_to(entry)
+    root = str(Path(__file__).resolve().parents[1])
+    return [PY, "-S", "-m", "tanet.train"], {**ENV, "PYTHONPATH": os.pathsep.join([root, str(site_dir)])}
+
+
+def test_trains_on_a_bare_gpu_host_without_yaml_ffmpeg_mlflow_prefect_dvc(data: Path, tmp_path: Path) -> None:
+    """The GPU machine has torch, numpy, pyarrow, opencv and safetensors only: training runs
+    there as a plain module from JSON params (``tanet params --json``)."""
+    over = {
+        f"{s}.{k}": v
+        for s in ("pretrain", "train")
+        for k, v in {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "val_frames": 1}.items()
+    }
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(preset_params("tiny", {**DATA_OVERRIDES, **over}), indent=2))
+    cmd, env = bare_host_env(tmp_path)
+    probe = subprocess.run([*cmd[:2], "-c", "import yaml"], capture_output=True, text=True, env=env, check=False)
+    assert "No module named 'yaml'" in probe.stderr  # the packages are really gone
+    args = cli(data, params, tmp_path, "all", tracking="auto")
+    proc = subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert '"joint"' in proc.stdout
+    assert (tmp_path / "joint" / "model.safetensors").is_file()
+    bad = tmp_path / "params.yml"
+    bad.write_text("train: {steps: 2}\n")  # YAML, not JSON: a clear error without PyYAML
+    proc = subprocess.run(
+        [*cmd, *cli(data, bad, tmp_path / "b", "all")], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode != 0 and "PyYAML is not installed here" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # -- MLflow -------------------------------------------------------------------------------
 def test_mlflow_tracking_and_import_run(
     data: Path, reference: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

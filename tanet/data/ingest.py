@@ -17,6 +17,7 @@ import logging
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,7 +30,9 @@ from tanet.data.sources import Source, discover_sources, file_sha256
 from tanet.errors import ConfigError, InputError, TanetError
 from tanet.frames import write_rgb
 from tanet.parallel import Mapper, serial_map
-from tanet.video import VideoInfo, open_video
+
+if TYPE_CHECKING:
+    from tanet.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ def ingest_one(
     """
     limit = params.max_frames * params.frame_step if params.max_frames else None
     kwargs = {"fps": Fraction(params.folder_fps)} if source.is_folder else {}
+    from tanet.video import open_video  # ffmpeg: not needed by training, which imports this module
+
     with open_video(source.path, max_frames=limit, **kwargs) as reader:
         info = reader.info
         notes = _conversion_notes(info)
