@@ -1,7 +1,9 @@
 """Deployment flows: ``train-tanet`` (the whole pipeline), ``ingest-videos``, ``evaluate-model``.
 
-They drive the DVC pipeline (DVC stays the one owner of what is stale): write the run's
-``params.yaml`` from a preset and the flow parameters, then run ``dvc repro`` with
+They drive the DVC pipeline (DVC stays the one owner of what is stale): apply the flow
+parameters to the repo's ``params.yaml`` (or to a preset, when one is named; the file is
+rewritten only when something changed, so a plain run keeps the user's file, comments and
+all), then run ``dvc repro`` with
 ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` passed on, so every stage shows as its own
 flow run on the same Prefect server and its MLflow runs nest under one parent run created
 here. When the registry's tracking URI is not the one the last registration used, the
@@ -10,6 +12,7 @@ here. When the registry's tracking URI is not the one the last registration used
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -22,15 +25,33 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from tanet.atomic import atomic_write_text
-from tanet.config import dump_params, preset_params
+from tanet.config import dump_params, params_from_dict, preset_params, set_key
 from tanet.errors import TanetError
 from tanet.tracking import PARENT_ENV, new_parent_run, tracking_uri
 
 
 def pipeline_params(
-    preset: str, scale: int | None, alignment: str | None, sources: list[str] | None, overrides: dict[str, Any] | None
+    preset: str | None,
+    scale: int | None,
+    alignment: str | None,
+    sources: list[str] | None,
+    overrides: dict[str, Any] | None,
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The params dict of a run: a preset, then the flow's parameters, then free overrides."""
+    """The params dict of a run: a base, then the flow's parameters, then free overrides.
+
+    Args:
+        preset: start from this preset; None: from ``current`` (the repo's params.yaml).
+        scale: upscaling factor; None keeps the base's.
+        alignment: alignment mode; None keeps the base's.
+        sources: video files or frame folders added to ``ingest.paths`` (kept once each).
+        overrides: more ``{"section.key": value}`` params.
+        current: the repo's params as a dict (needed when ``preset`` is None).
+    """
+    if preset is None and current is None:
+        raise TanetError("pipeline_params: no preset and no current params.yaml to start from")
+    base = preset_params(preset) if preset is not None else current
+    assert base is not None
     over: dict[str, Any] = {}
     if scale is not None:
         over["model.scale"] = scale
@@ -38,9 +59,33 @@ def pipeline_params(
     if alignment is not None:
         over["model.alignment"] = alignment
     if sources:
-        over["ingest.paths"] = list(sources)
+        paths = list(base.get("ingest", {}).get("paths", []))
+        over["ingest.paths"] = paths + [s for s in sources if s not in paths]
     over.update(overrides or {})
-    return preset_params(preset, over)
+    data = copy.deepcopy(base)
+    for key, value in over.items():
+        data = set_key(data, key, value)
+    params_from_dict(data, "the flow's params")  # validate: a bad parameter fails here, naming the key
+    return data
+
+
+def write_run_params(data: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Writes ``params.yaml`` when ``data`` differs from what it holds; True if it did."""
+    if data == current:
+        return False
+    atomic_write_text(ROOT / "params.yaml", dump_params(data))
+    return True
+
+
+def current_params() -> dict[str, Any] | None:
+    """The repo's params.yaml as a dict (None when there is none)."""
+    path = ROOT / "params.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else None
 
 
 def _env(parent_run: str | None) -> dict[str, str]:
@@ -87,7 +132,7 @@ def _report(eval_json: dict[str, Any], registration: dict[str, Any]) -> str:
 
 @flow(name="train-tanet")
 def train_tanet(
-    preset: str = "quick",
+    preset: str | None = None,
     scale: int | None = None,
     alignment: str | None = None,
     sources: list[str] | None = None,
@@ -96,16 +141,20 @@ def train_tanet(
     """Runs the whole pipeline with ``dvc repro`` and reports the evaluation and the registered model.
 
     Args:
-        preset: ``tiny``, ``quick`` or ``full``.
+        preset: ``tiny``, ``quick`` or ``full``; None (default) keeps the repo's params.yaml.
         scale: upscaling factor (2, 3, 4); None keeps the preset's.
         alignment: ``none``, ``rof`` or ``san``; None keeps the preset's.
-        sources: extra video files or frame folders to ingest (paths on the worker's machine).
+        sources: video files or frame folders added to the ingested ones (paths on the worker's machine).
         overrides: more ``{"section.key": value}`` params.
     """
-    params = pipeline_params(preset, scale, alignment, sources, overrides)
-    atomic_write_text(ROOT / "params.yaml", dump_params(params))
+    current = current_params()
+    params = pipeline_params(preset, scale, alignment, sources, overrides, current)
+    if write_run_params(params, current):
+        get_run_logger().info("params.yaml updated from the flow's parameters")
     parent = new_parent_run(
-        params["mlflow"]["experiment"], ROOT, {"tanet.preset": preset, "tanet.trigger": "train-tanet"}
+        params["mlflow"]["experiment"],
+        ROOT,
+        {"tanet.preset": params.get("preset", preset or "custom"), "tanet.trigger": "train-tanet"},
     )
     env = _env(parent)
     dvc(["repro"], env)
@@ -125,10 +174,10 @@ def train_tanet(
 
 
 @flow(name="ingest-videos")
-def ingest_videos(sources: list[str], preset: str = "quick") -> dict[str, Any]:
+def ingest_videos(sources: list[str], preset: str | None = None) -> dict[str, Any]:
     """Adds video files or frame folders to the configured sources and runs the ``ingest`` stage."""
-    params = pipeline_params(preset, None, None, sources, None)
-    atomic_write_text(ROOT / "params.yaml", dump_params(params))
+    current = current_params()
+    write_run_params(pipeline_params(preset, None, None, sources, None, current), current)
     dvc(["repro", "ingest"], _env(None))
     return {"quarantine": json.loads((ROOT / "data/clips/quarantine.json").read_text())}
 

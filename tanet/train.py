@@ -72,7 +72,7 @@ from tanet.errors import TanetError
 from tanet.metrics import psnr
 from tanet.modelio import CKPT_WEIGHTS, MODEL_META, BranchModel, write_model_dir
 from tanet.models import VSRNet
-from tanet.models.vsr import ModelConfig
+from tanet.models.vsr import ModelConfig, to_plain
 from tanet.tracking import Tracker, dvc_out_hash
 
 log = logging.getLogger(__name__)
@@ -511,6 +511,18 @@ def run_job(
         raise TanetError(f"batch_size {optim.batch_size} is not divisible by the {world} DDP ranks")
     manifest = read_patch_manifest(patches_dir)
     fingerprint = job_fingerprint(job, manifest, init_weights)
+    # What a checkpoint says about itself: enough to rebuild the model and know its schedule
+    # without the pipeline's files (the scheduler and augmentation RNG are pure functions of
+    # the step, so they have no state to store).
+    ckpt_meta = {
+        "fingerprint": fingerprint,
+        "job": job.name,
+        "model_config": to_plain(job.model),
+        "optim": dataclasses.asdict(optim),
+        "san_lambda": job.san_lambda,
+        "seed": job.seed,
+        "params": (meta or {}).get("params"),
+    }
     model = build_model(job).to(device)
     if init_weights is not None:
         load_init(model, init_weights)
@@ -594,9 +606,7 @@ def run_job(
                 if world > 1:
                     dist.all_gather_object(states, loader.state)
                 if rank == 0:
-                    save_checkpoint(
-                        ckpt_dir, model, opt, done, states, history, {"fingerprint": fingerprint, "job": job.name}
-                    )
+                    save_checkpoint(ckpt_dir, model, opt, done, states, history, ckpt_meta)
             if on_step is not None:
                 on_step(done)
             if stop_after is not None and done >= stop_after:

@@ -154,3 +154,34 @@ def test_preprocessing_fans_out_on_a_dask_cluster(tiny_pipeline: dict[str, objec
     assert got == ref and ref
     for rel in ref[:5]:
         assert (out / rel).read_bytes() == (repo / "data/lr" / rel).read_bytes()
+
+
+def test_flow_parameters_edit_the_repo_params_instead_of_replacing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No preset: the repo's params.yaml is the base (a user's edits survive); sources are added."""
+    import yaml
+
+    import flows.train_tanet as tt
+    from tanet.config import ConfigError, dump_params, preset_params, set_key
+
+    current = set_key(preset_params("quick"), "ingest.paths", ["/videos/a.mp4"])
+    current = set_key(current, "train.steps", 123)  # a user's edit
+    same = tt.pipeline_params(None, None, None, None, None, current)
+    assert same == current
+    out = tt.pipeline_params(None, 2, "none", ["/videos/b", "/videos/a.mp4"], {"train.lr": 5e-4}, current)
+    assert out["ingest"]["paths"] == ["/videos/a.mp4", "/videos/b"]
+    assert out["model"]["scale"] == 2 and out["degrade"]["scales"] == [2] and out["model"]["alignment"] == "none"
+    assert out["train"]["steps"] == 123 and out["train"]["lr"] == 5e-4
+    assert tt.pipeline_params("tiny", None, None, None, None, current) == preset_params("tiny")
+    with pytest.raises(ConfigError, match="train.stepz"):
+        tt.pipeline_params(None, None, None, None, {"train.stepz": 1}, current)
+    # params.yaml is rewritten only when something changed (comments of the user's file kept).
+    monkeypatch.setattr(tt, "ROOT", tmp_path)
+    text = "# my notes\n" + dump_params(current)
+    (tmp_path / "params.yaml").write_text(text)
+    assert tt.current_params() == current
+    assert not tt.write_run_params(same, tt.current_params())
+    assert (tmp_path / "params.yaml").read_text() == text
+    assert tt.write_run_params(out, tt.current_params())
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == out

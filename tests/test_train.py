@@ -553,7 +553,14 @@ def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
         folders = list((tmp_path / ckpt).iterdir())
         assert [p.name for p in folders] == ["step_00000004"], name  # one checkpoint, no temporaries
         meta = json.loads((folders[0] / CKPT_META).read_text())
-        assert meta["world"] == 2
+        assert meta["world"] == 2 and meta["optim"]["steps"] == 4 and meta["params"]["pretrain"]["steps"] == 4
+        # The checkpoint alone rebuilds its network: config + safetensors weights.
+        from tanet.config import model_config_from_dict
+        from tanet.modelio import BranchModel
+
+        cfg = model_config_from_dict(meta["model_config"])
+        net = VSRNet(cfg) if name == "joint" else BranchModel(cfg, int(name[-1]))
+        net.load_state_dict(load_file(str(folders[0] / CKPT_WEIGHTS)))
         assert len(torch.load(folders[0] / CKPT_STATE, weights_only=True)["loader"]) == 2
         assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["history.json", "model.json", "model.safetensors"]
         seen = [(tmp_path / "seen" / f"{name}.rank{r}").read_text().split() for r in (0, 1)]
