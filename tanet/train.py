@@ -559,7 +559,7 @@ def run_job(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
-    batches = loader.prefetching() if device.type == "cuda" else iter(loader)
+    batches = loader.prefetching(pin_memory=True) if device.type == "cuda" else iter(loader)
     busy, seen = 0.0, 0  # time in training steps (not validation or checkpoints) and patches since the last log
     try:
         for step in range(start, optim.steps):

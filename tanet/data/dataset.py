@@ -376,11 +376,17 @@ class PatchLoader:
             self.state = state
             yield batch
 
-    def prefetching(self, depth: int = 3) -> Iterator[Batch]:
+    def prefetching(self, depth: int = 3, pin_memory: bool = False) -> Iterator[Batch]:
         """Like ``iter(self)`` but builds batches ahead on a background thread (order unchanged).
 
         ``self.state`` always reflects the batches handed out, not those built ahead.
+
+        Args:
+            depth: batches built ahead.
+            pin_memory: page-lock each batch on the background thread (when CUDA is
+                available), so ``.to("cuda", non_blocking=True)`` copies asynchronously.
         """
+        pin = pin_memory and torch.cuda.is_available()
         q: queue.Queue[tuple[LoaderState, Batch] | BaseException] = queue.Queue(maxsize=depth)
         stop = threading.Event()
 
@@ -396,6 +402,8 @@ class PatchLoader:
         def produce() -> None:
             try:
                 for item in self.iter_batches(self.state):
+                    if pin:
+                        item = (item[0], {k: v.pin_memory() for k, v in item[1].items()})
                     if not put(item):
                         return
             except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
