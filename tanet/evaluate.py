@@ -125,12 +125,19 @@ def with_alignment(model: VSRNet, mode: str) -> VSRNet:
 
 
 def run_methods(
-    clip: EvalClip, joint: VSRNet, branches: list[torch.nn.Module], *, device: torch.device, tile: int, flow_method: str
+    clip: EvalClip,
+    joint: VSRNet,
+    branches: list[torch.nn.Module],
+    *,
+    device: torch.device,
+    tile: int,
+    flow_method: str,
+    flow_preset: str = "medium",
 ) -> tuple[dict[str, list[np.ndarray]], np.ndarray | None]:
     """Every method's HR frames for a clip, and the joint network's weights at the middle frame."""
     cfg = joint.cfg
     outputs: dict[str, list[np.ndarray]] = {"bicubic": bicubic_frames(clip, cfg.scale)}
-    up = Upscaler(joint, device=device, tile=tile, flow_method=flow_method)
+    up = Upscaler(joint, device=device, tile=tile, flow_method=flow_method, flow_preset=flow_preset)
     prepared = [up.prepare(f) for f in clip.lr]
     half, mid = cfg.num_frames // 2, len(clip.lr) // 2
     mid_weights = None
@@ -150,14 +157,14 @@ def run_methods(
         outputs[f"tanet_align_{mode}"] = [
             r.rgb
             for r in Upscaler(
-                with_alignment(joint, mode), device=device, tile=tile, flow_method=flow_method
+                with_alignment(joint, mode), device=device, tile=tile, flow_method=flow_method, flow_preset=flow_preset
             ).upscale_frames(clip.lr)
         ]
     for i, branch in enumerate(branches, start=1):
         outputs[f"branch_{i}"] = [
             r.rgb
             for r in Upscaler(
-                StandaloneBranch(branch), device=device, tile=tile, flow_method=flow_method
+                StandaloneBranch(branch), device=device, tile=tile, flow_method=flow_method, flow_preset=flow_preset
             ).upscale_frames(clip.lr)
         ]
     return outputs, mid_weights
@@ -305,7 +312,13 @@ def run_evaluate(
             for clip in source:
                 log.info("evaluating %s/%s (%d frames)", clip.dataset, clip.clip_id, len(clip.lr))
                 outputs, weights = run_methods(
-                    clip, joint, branches, device=device, tile=ep.tile, flow_method=params.flow.method
+                    clip,
+                    joint,
+                    branches,
+                    device=device,
+                    tile=ep.tile,
+                    flow_method=params.flow.method,
+                    flow_preset=params.flow.dis_preset,
                 )
                 summary, rows = score(outputs, clip.gt, ep.crop, ep.flicker)
                 for method, vals in summary.items():

@@ -82,7 +82,8 @@ class Upscaler:
         device: where to run it.
         precision: ``fp32``, ``bf16`` or ``fp16`` (fp16 on CUDA only).
         tile: LR tile side for the SR network (0 = whole frames).
-        flow_method: optical flow used by ROF alignment.
+        flow_method: optical flow used by ROF alignment (as in training: :func:`flow_settings`).
+        flow_preset: DIS preset of that flow.
         fuse: run the SR network in its inference form (``tanet.models.fused``) when it has one.
         compile: ``torch.compile`` the SR network (see the module docstring).
     """
@@ -94,6 +95,7 @@ class Upscaler:
         precision: Precision = "fp32",
         tile: int = 0,
         flow_method: str = "dis",
+        flow_preset: str = "medium",
         fuse: bool = True,
         compile: bool = False,
     ) -> None:
@@ -109,6 +111,7 @@ class Upscaler:
         self.precision = precision
         self.tile = tile
         self.flow_method = flow_method
+        self.flow_preset = flow_preset
         self.margin = receptive_radius(self.cfg)
         affine, bias = ycbcr_to_rgb_affine()
         # ycbcr2rgb, x255 and the +0.5 of rounding as one 3x4 matrix for cv2.transform.
@@ -152,7 +155,12 @@ class Upscaler:
                 if self.cfg.color == "y"
                 else np.stack([rgb_to_y_uint8(p["rgb"]).numpy()[0] for p in prepared])
             )
-            aligned_luma, shifts = align_window(luma, self.cfg.align_block, self.flow_method)
+            aligned_luma, shifts = align_window(
+                luma,
+                self.cfg.align_block,
+                self.flow_method,  # type: ignore[arg-type]
+                self.flow_preset,  # type: ignore[arg-type]
+            )
             if self.cfg.color == "y":
                 planes = aligned_luma[:, None]
             else:
@@ -347,6 +355,13 @@ class StandaloneBranch(nn.Module):
             return sr
         ones = torch.ones_like(sr[:, :1])[:, None]  # (B, 1, 1, rH, rW)
         return TANetOutput(sr, sr[:, None], ones)
+
+
+def flow_settings(meta: dict[str, Any]) -> dict[str, str]:
+    """``{"flow_method", "flow_preset"}`` of the optical flow a model's ROF inputs were made
+    with (its ``model.json`` params), so inference aligns as training did."""
+    flow = ((meta or {}).get("params") or {}).get("flow") or {}
+    return {"flow_method": str(flow.get("method", "dis")), "flow_preset": str(flow.get("dis_preset", "medium"))}
 
 
 def load_upscaler(model: nn.Module, **kwargs: Any) -> Upscaler:

@@ -15,7 +15,7 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from tanet.inference import Upscaler
+from tanet.inference import Upscaler, flow_settings
 from tanet.modelio import load_model_dir
 
 ARTIFACT = "model_dir"
@@ -28,7 +28,7 @@ class TanetPyfunc(mlflow.pyfunc.PythonModel):
         """Loads the weights from the ``model_dir`` artifact onto the best device."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, self.meta = load_model_dir(Path(context.artifacts[ARTIFACT]), device)
-        self.upscaler = Upscaler(model, device=device)
+        self.upscaler = Upscaler(model, device=device, **flow_settings(self.meta))
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Upscales every frame of ``model_input`` ``(T, H, W, 3)`` uint8."""

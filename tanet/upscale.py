@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from tanet.errors import InputError, TanetError
-from tanet.inference import Upscaler, load_upscaler, weight_map_image
+from tanet.inference import Upscaler, flow_settings, load_upscaler, weight_map_image
 from tanet.modelio import MODEL_META, load_model_dir
 from tanet.video import FrameFolderWriter, VideoWriter, count_frames, open_video
 
@@ -267,7 +267,9 @@ def upscale_video(
     if max_frames is not None and total is not None:
         total = min(total, max_frames)
     use_compile = compile == "on" or (compile == "auto" and total is not None and total >= COMPILE_AUTO_FRAMES)
-    upscaler: Upscaler = load_upscaler(net, device=device, precision=precision, tile=tile, compile=use_compile)  # type: ignore[arg-type]
+    upscaler: Upscaler = load_upscaler(
+        net, device=device, precision=precision, tile=tile, compile=use_compile, **flow_settings(meta)
+    )  # type: ignore[arg-type]
     r = upscaler.scale
     out_w, out_h = r * info.width, r * info.height
     video_out = not _is_folder_target(output_path)

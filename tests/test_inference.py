@@ -203,3 +203,20 @@ def test_compile_failure_falls_back_to_eager(tmp_path) -> None:  # type: ignore[
     assert res.returncode == 0, res.stderr[-2000:]
     assert "failed True equal True" in res.stdout
     assert "torch.compile failed" in res.stderr and "running the network uncompiled" in res.stderr
+
+
+def test_inference_aligns_with_the_flow_the_model_was_trained_with() -> None:
+    """ROF at inference uses the flow method/preset recorded in the model's params."""
+    from tanet.inference import flow_settings
+
+    assert flow_settings({}) == {"flow_method": "dis", "flow_preset": "medium"}
+    meta = {"params": {"flow": {"method": "farneback", "dis_preset": "fast"}}}
+    assert flow_settings(meta) == {"flow_method": "farneback", "flow_preset": "fast"}
+    net = _model(tanet_s(alignment="rof", align_block=8))
+    frames = _frames(5, 24, 24)
+    outs = {}
+    for method in ("dis", "farneback"):
+        up = Upscaler(net, **flow_settings({"params": {"flow": {"method": method, "dis_preset": "fast"}}}))
+        assert (up.flow_method, up.flow_preset) == (method, "fast")
+        outs[method] = [r.rgb for r in up.upscale_frames(frames)]
+    assert len(outs["dis"]) == len(outs["farneback"]) == 5
