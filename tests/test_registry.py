@@ -81,3 +81,42 @@ def test_register_refuses_a_branch_folder(tmp_path: Path, mlflow_store: str) -> 
     (d / "model.json").write_text(json.dumps(meta))
     with pytest.raises(TanetError, match="only joint models"):
         register_model(d, _eval("heldout_BIx4", 1.0), model_name="tanet", metric="psnr", min_gain=0.0)
+
+
+def test_register_cli_then_upscale_without_model_pulls_the_champion(tmp_path: Path, mlflow_store: str) -> None:
+    """`tanet register` puts existing weights in the registry (licences tagged); `tanet upscale`
+    with no --model resolves models:/tanet@champion from MLFLOW_TRACKING_URI."""
+    import os
+
+    import mlflow
+
+    import media_factory as mf
+    from tanet.frames import list_frames
+
+    model = make_model_dir(tmp_path / "m", seed=5)
+    (tmp_path / "eval.json").write_text(json.dumps(_eval("heldout_BIx4", 30.0)))
+    cli = [sys.executable, "-m", "tanet.cli"]
+    env = dict(os.environ)
+    res = subprocess.run(
+        [*cli, "register", "--model-dir", str(model), "--eval", "eval.json", "-o", "reg.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = json.loads((tmp_path / "reg.json").read_text())
+    assert record["version"] == "1" and "champion" in record["aliases"]
+    # This process may have set another test's store globally: name this one.
+    tags = mlflow.MlflowClient(mlflow_store).get_model_version("tanet", "1").tags
+    assert json.loads(tags["tanet.licences"]) == ["test"]
+    frames = mf.frame_folder(tmp_path / "frames", frames=3, size=(12, 10))
+    res = subprocess.run(
+        [*cli, "upscale", str(frames), "out_x4", "--precision", "bf16", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list_frames(tmp_path / "out_x4")) == 3
