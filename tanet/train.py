@@ -48,6 +48,7 @@ import os
 import shutil
 import threading
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -72,7 +73,7 @@ from tanet.errors import TanetError
 from tanet.metrics import psnr
 from tanet.modelio import CKPT_WEIGHTS, MODEL_META, BranchModel, write_model_dir
 from tanet.models import VSRNet
-from tanet.models.vsr import ModelConfig, to_plain
+from tanet.models.vsr import ModelConfig
 from tanet.tracking import Tracker, dvc_out_hash
 
 log = logging.getLogger(__name__)
@@ -517,7 +518,7 @@ def run_job(
     ckpt_meta = {
         "fingerprint": fingerprint,
         "job": job.name,
-        "model_config": to_plain(job.model),
+        "model_config": job.model.to_dict(),
         "optim": dataclasses.asdict(optim),
         "san_lambda": job.san_lambda,
         "seed": job.seed,
@@ -625,6 +626,9 @@ def run_job(
             latest = checkpoint_dirs(ckpt_dir)
             if latest:
                 tracker.log_artifact(latest[0], "checkpoint")
+            with tempfile.TemporaryDirectory(prefix="tanet-curves-") as tmp:
+                if plot_curves(history, Path(tmp) / f"{job.name}_curves.png", title=job.name):
+                    tracker.log_artifact(Path(tmp) / f"{job.name}_curves.png", "curves")
     if world > 1:
         dist.barrier()  # no rank moves on (e.g. to read the pretrained branches) before the outputs exist
     return metrics
@@ -639,6 +643,47 @@ class DataDirs:
     lr: Path
     flow: Path
     patches: Path
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> bool:
+    """Training curves as a PNG: loss (log scale) and learning rate over steps, validation
+    Y-PSNR (and its bicubic reference) where measured.
+
+    Returns:
+        False when matplotlib is not installed (a bare GPU host) or there is nothing to plot.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    train = [r for r in history if "loss" in r]
+    val = [r for r in history if "val_psnr" in r]
+    if not train and not val:
+        return False
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        steps = [r["step"] for r in train]
+        ax_loss.semilogy(steps, [r["loss"] for r in train], color="tab:blue", label="loss")
+        ax_loss.set_xlabel("step")
+        ax_loss.set_ylabel("MSE loss")
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot(steps, [r["lr"] for r in train], color="tab:grey", lw=0.8, label="learning rate")
+        ax_lr.set_ylabel("learning rate")
+    if val:
+        ax_val.plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", label="model")
+        if "val_psnr_bicubic" in val[-1]:
+            ax_val.axhline(val[-1]["val_psnr_bicubic"], color="tab:grey", ls="--", label="bicubic")
+        ax_val.set_xlabel("step")
+        ax_val.set_ylabel("validation Y-PSNR (dB)")
+        ax_val.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _meta(params: Params, patches_dir: Path) -> dict[str, Any]:

@@ -653,7 +653,7 @@ def test_mlflow_tracking_and_import_run(
         for key in ("loss", "lr", "patches_per_s"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
         assert "val_psnr" in run.data.metrics
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "checkpoint"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "checkpoint", "curves"}
     assert "val_psnr_bicubic" in train.data.metrics
 
     # tanet import-run: a folder trained with --tracking none, logged afterwards.
@@ -676,3 +676,12 @@ def test_mlflow_tracking_and_import_run(
 def test_data_fixture_is_what_the_tests_assume(data: Path) -> None:
     manifest = json.loads((data / "patches" / "manifest.json").read_text())
     assert manifest["rows"] == 64 and sum(s["row_groups"] for s in manifest["shards"]) == 4
+
+
+def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
+    from tanet.train import plot_curves
+
+    history = [{"step": s, "loss": 1 / s, "lr": 1e-3} for s in range(1, 30)] + [{"step": 29, "val_psnr": 28.5}]
+    assert plot_curves(history, tmp_path / "c.png", title="joint")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot_curves([], tmp_path / "empty.png")
