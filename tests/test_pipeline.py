@@ -123,6 +123,21 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
     # Plain `dvc repro` without MLFLOW_TRACKING_URI registers in the repo's embedded store.
     record = json.loads((repo / "metrics/register.json").read_text())
     assert record["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}" and record["version"] == "1"
+    # ...and, with no TANET_PARENT_RUN_ID, the stages of that one `dvc repro` still nest under
+    # one parent run (the first stage records it in .tanet/parent_run.json for the others).
+    code = (
+        "import json, mlflow\n"
+        "runs = mlflow.search_runs(experiment_names=['tanet'], output_format='list')\n"
+        "print(json.dumps([{'name': r.data.tags.get('mlflow.runName'), 'parent': r.data.tags.get('mlflow.parentRunId'),"
+        " 'id': r.info.run_id} for r in runs]))\n"
+    )
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    runs = json.loads(_py(code, repo, env))
+    parents = [r for r in runs if r["name"] == "pipeline"]
+    assert len(parents) == 1, runs
+    by_name = {r["name"]: r for r in runs}
+    for stage in ("pretrain", "train", "evaluate", "register"):
+        assert by_name[stage]["parent"] == parents[0]["id"], stage
 
 
 def test_metrics_show_prints_the_vid4_table_when_shared_is_there(tiny_pipeline: dict[str, object]) -> None:

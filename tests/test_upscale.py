@@ -134,3 +134,32 @@ def test_compile_on_gives_the_same_frames(tmp_path: Path, model_dir: Path) -> No
         assert diff.max() <= 1 and (diff == 0).mean() > 0.999
     res = _tanet("upscale", folder, tmp_path / "x4_bad", "--model", model_dir, "--compile", "yes")
     assert res.returncode == 2 and "--compile" in res.stderr
+
+
+def test_jpg_folder_in_lossless_video_out_keeps_colour_tags(tmp_path: Path, model_dir: Path) -> None:
+    """JPG frame folders are inputs; --lossless writes FFV1 in .mkv; colour tags and the sample
+    aspect ratio of a tagged source come through `tanet upscale`."""
+    import cv2
+    import numpy as np
+
+    jpgs = tmp_path / "jpg"
+    jpgs.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        cv2.imwrite(str(jpgs / f"f{k:03d}.jpg"), rng.integers(0, 256, (10, 14, 3), dtype=np.uint8))
+    res = _tanet("upscale", jpgs, tmp_path / "x4.mkv", "--model", model_dir, "--lossless", "-q")
+    assert res.returncode == 0, res.stderr
+    info = probe(tmp_path / "x4.mkv")
+    assert (info.width, info.height) == (56, 40) and count_frames(tmp_path / "x4.mkv") == 4
+    assert info.codec == "ffv1"
+    tagged = tmp_path / "tagged.mp4"
+    mf.ffmpeg(
+        *mf._testsrc((24, 16)), "-frames:v", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+        "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+        "-vf", "setsar=4/3", str(tagged),
+    )  # fmt: skip
+    res = _tanet("upscale", tagged, tmp_path / "tagged_x4.mp4", "--model", model_dir, "-q")
+    assert res.returncode == 0, res.stderr
+    src, out = probe(tagged), probe(tmp_path / "tagged_x4.mp4")
+    assert out.color == src.color and src.color_space == "bt709" and src.color_range == "tv"
+    assert out.sample_aspect_ratio == src.sample_aspect_ratio == Fraction(4, 3)
