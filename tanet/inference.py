@@ -42,6 +42,7 @@ from torch import nn
 from tanet.align.rof import align_window
 from tanet.color import rgb_to_y_uint8, rgb_to_ycbcr, ycbcr_to_rgb_affine
 from tanet.degrade import upscale_integer
+from tanet.errors import ConfigError
 from tanet.models.branch import BranchConfig
 from tanet.models.fused import FusedTANet, can_fuse
 from tanet.models.temporal_adaptive import TANetOutput
@@ -102,8 +103,11 @@ class Upscaler:
         if not isinstance(model, (VSRNet, StandaloneBranch)):
             raise TypeError(f"Upscaler needs a VSRNet or StandaloneBranch, got {type(model).__name__}")
         self.device = torch.device(device)
+        # ConfigError: a ValueError to library callers, one `tanet: error:` line in the CLI.
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+            raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -113,8 +117,12 @@ class Upscaler:
         self.flow_method = flow_method
         self.flow_preset = flow_preset
         self.margin = receptive_radius(self.cfg)
-        affine, bias = ycbcr_to_rgb_affine()
-        # ycbcr2rgb, x255 and the +0.5 of rounding as one 3x4 matrix for cv2.transform.
+        # Network planes -> RGB x255 with the +0.5 of rounding, as one 3x4 matrix for
+        # cv2.transform: ycbcr2rgb for Y models (Y, Cb, Cr planes), a scaling for RGB models.
+        if self.cfg.color == "rgb":
+            affine, bias = np.eye(3), np.zeros(3)
+        else:
+            affine, bias = ycbcr_to_rgb_affine()
         self._to_rgb255 = np.concatenate([255 * affine, 255 * bias[:, None] + 0.5], 1).astype(np.float32)
         # The SR network: the fused form (same function, fewer and larger convs) when possible.
         self.sr_net: nn.Module = self.model.tanet
@@ -239,15 +247,13 @@ class Upscaler:
         sr = sr.to("cpu", torch.float32)
         if self.cfg.color == "rgb":
             planes = [p.numpy() for p in sr]
-            matrix = np.array([[255, 0, 0, 0.5], [0, 255, 0, 0.5], [0, 0, 255, 0.5]], np.float32)
         else:
             ycc = rgb_to_ycbcr(lr_frame["rgb"].float() / 255)  # (3, h, w)
             chroma = upscale_integer(ycc[1:], self.scale)  # MATLAB bicubic for Cb/Cr
             planes = [sr[0].clamp(0, 1).numpy(), chroma[0].numpy(), chroma[1].numpy()]
-            matrix = self._to_rgb255
         # OpenCV's SIMD merge and per-pixel 3x4 transform, straight into HWC: at 720p about
         # 3x cheaper than torch's addmm + permute, and this runs beside the network.
-        rgb255 = cv2.transform(cv2.merge(planes), matrix)
+        rgb255 = cv2.transform(cv2.merge(planes), self._to_rgb255)
         np.clip(rgb255, 0, 255, out=rgb255)
         return rgb255.astype(np.uint8)  # truncation == floor on [0, 255]
 

@@ -93,8 +93,10 @@ def dvc_out_hash(out: Path, root: Path | None = None) -> str | None:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return None
-    import yaml
-
+    try:
+        import yaml  # absent on a bare GPU host, where there is no DVC either
+    except ImportError:
+        return None
     try:
         rel = str(Path(out).resolve().relative_to(root.resolve()))
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})

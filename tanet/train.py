@@ -46,9 +46,9 @@ import logging
 import math
 import os
 import shutil
-import threading
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext

@@ -238,10 +238,6 @@ def upscale_video(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise TanetError("--device cuda: CUDA is not available on this machine")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise TanetError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
-    if precision == "fp16" and device != "cuda":
-        raise TanetError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if preset == "auto":
         preset = "veryfast" if device == "cuda" else "superfast"
     reader = open_video(input_path, max_frames=max_frames)
