@@ -91,7 +91,8 @@ def model_only(device: str, size: tuple[int, int], seconds: float, precision: st
         if device == "cpu"
         else x
     )
-    paths = {"eager_nchw": lambda: net(x), "fused": Upscaler(copy.deepcopy(net), device=device, precision=prec).sr_net}
+    fused = Upscaler(copy.deepcopy(net), device=device, precision=prec).sr_net
+    paths = {"eager_nchw": lambda: net(x), "fused": lambda: fused(xin)}
     compile_s = 0.0
     if compile_:
         compiled = Upscaler(copy.deepcopy(net), device=device, precision=prec, compile=True).sr_net
@@ -102,19 +103,19 @@ def model_only(device: str, size: tuple[int, int], seconds: float, precision: st
         compile_s = time.perf_counter() - t0
         if getattr(compiled, "failed", False):
             print("torch.compile failed here; 'compiled' below is the eager inference form")
-        paths["compiled"] = compiled
+        paths["compiled"] = lambda: compiled(xin)
 
-    def runner(name: str):  # type: ignore[no-untyped-def]
+    def under_amp(fn):  # type: ignore[no-untyped-def]
         def run() -> None:
             with amp:
-                paths[name]() if name == "eager_nchw" else paths[name](xin)  # type: ignore[operator]
+                fn()
 
         return run
 
     res: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(5):  # interleaved rounds, median: the machines are noisy
-        for name in paths:
-            res[name].append(timed_fps(runner(name), seconds, sync))
+        for name, fn in paths.items():
+            res[name].append(timed_fps(under_amp(fn), seconds, sync))
     out = {k: sorted(v)[len(v) // 2] for k, v in res.items()}
     if compile_:
         out["compile_s"] = compile_s

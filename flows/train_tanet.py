@@ -142,8 +142,8 @@ def train_tanet(
 
     Args:
         preset: ``tiny``, ``quick`` or ``full``; None (default) keeps the repo's params.yaml.
-        scale: upscaling factor (2, 3, 4); None keeps the preset's.
-        alignment: ``none``, ``rof`` or ``san``; None keeps the preset's.
+        scale: upscaling factor (2, 3, 4); None keeps the params'.
+        alignment: ``none``, ``rof`` or ``san``; None keeps the params'.
         sources: video files or frame folders added to the ingested ones (paths on the worker's machine).
         overrides: more ``{"section.key": value}`` params.
     """

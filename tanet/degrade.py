@@ -257,7 +257,9 @@ def upscale_integer(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bicubic upscaling by an integer factor (the baseline; also for Cb/Cr), MATLAB kernel.
+    """Bicubic upscaling by an integer factor (the baseline), MATLAB kernel, exact ``imresize``.
+
+    Video chroma uses :func:`upscale_integer`, the same function computed faster.
 
     Args:
         lr: ``(..., H, W)`` floating tensor.
