@@ -19,7 +19,8 @@ from tanet.train import DataDirs, pretrain_branch, resolve_device
 def pretrain_flow(
     params_path: str, clips: str, lr: str, flow_dir: str, patches: str, out: str, metrics: str, checkpoints: str
 ) -> dict[str, float]:
-    """Pretrains branches 1..N (in parallel when the task runner has room: ``pretrain.parallel``)."""
+    """Pretrains branches 1..N (in parallel when the task runner has room: ``pretrain.parallel``;
+    with ``pretrain.init_from_branch1`` branch 1 first, then the others together)."""
     params = load_params(params_path)
     dirs = DataDirs(Path(clips), Path(lr), Path(flow_dir), Path(patches))
     device = resolve_device("auto")
@@ -46,9 +47,16 @@ def pretrain_flow(
             run.finish()
             return result
 
-        results = prefect_mapper("pretrain-branch")(one, branches, [f"branch_{i}" for i in branches])
+        mapper = prefect_mapper("pretrain-branch")
+        # Branches grown from branch 1 wait for it; they then train side by side.
+        waves = [branches[:1], branches[1:]] if params.pretrain.init_from_branch1 else [branches]
+        results: list = []
+        for wave in waves:
+            results += mapper(one, wave, [f"branch_{i}" for i in wave]) if wave else []
+            if any(isinstance(r, BaseException) for r in results):
+                break
         summary = {}
-        for i, res in zip(branches, results):
+        for i, res in zip(branches, results):  # a failed first wave leaves the rest unrun
             if isinstance(res, BaseException):
                 raise TanetError(f"pretrain: branch {i} failed: {res}") from res
             summary[f"branch_{i}"] = {"val_psnr": round(res["val_psnr"], 4)}

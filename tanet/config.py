@@ -42,7 +42,7 @@ class IngestParams:
     max_frames: int = 0  # frames kept per clip, from the start (0 = all)
     frame_step: int = 1  # keep every k-th frame (1 = all; >1 changes the motion statistics)
     max_side: int = 0  # downscale (area) so the longer side is <= this many pixels (0 = keep)
-    val_clips: tuple[str, ...] = ("bigbuckbunny",)  # clip ids held out for validation
+    val_clips: tuple[str, ...] = ("bigbuckbunny",)  # clip ids (or shell patterns of them) held out for validation
     folder_fps: str = "25"  # frame rate assumed for frame folders (a fraction, e.g. "30000/1001")
 
     def __post_init__(self) -> None:
@@ -139,6 +139,10 @@ class PretrainParams(OptimParams):
     """``pretrain``: each branch B_i alone with loss (1)."""
 
     parallel: int = 1  # branches trained at once (CPU processes or GPU streams); 1 = sequential
+    # Branches 2..N start from branch 1's weights on their centre frame and zeros on their
+    # neighbours (branch 1 trains first), so each multi-frame branch begins where the
+    # single-frame one ends and can only gain from its neighbours; false: all from scratch.
+    init_from_branch1: bool = True
 
 
 @dataclass(frozen=True)
@@ -402,7 +406,15 @@ _TINY: dict[str, Any] = {
 _FULL: dict[str, Any] = {
     "preset": "full",
     "model": {"branch": {"global_residual": True}},
-    "ingest": {"include_shared_train": True, "max_frames": 0, "max_side": 0},
+    # All of ../shared/data/train and nothing else; validation is held out by source video
+    # (Vimeo-90K clip 00002's eight septuplets, Cityscapes sequence 5), never by septuplet.
+    "ingest": {
+        "embedded": [],
+        "include_shared_train": True,
+        "max_frames": 0,
+        "max_side": 0,
+        "val_clips": ["vimeo90k_septuplet_sample__00002_*", "cityscapes_seq_vid2vid_2048x1024__seq0005"],
+    },
     "patches": {"patch_size": 48, "patches_per_frame": 64},
     "pretrain": {"steps": 6000, "batch_size": 64, "checkpoint_every": 1000, "val_every": 1000, "parallel": 3},
     "train": {"steps": 20000, "batch_size": 64, "checkpoint_every": 1000, "val_every": 1000, "warmup_steps": 200},

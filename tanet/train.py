@@ -738,10 +738,54 @@ def pretrain_branch(
         out_dir / job.name,
         ckpt_root / job.name,
         device=device,
+        init_weights=branch1_init(params, i, out_dir),
         tracker=tracker,
-        meta=_meta(params, dirs.patches),
+        meta={
+            **_meta(params, dirs.patches),
+            "init": "branch_1" if i > 1 and params.pretrain.init_from_branch1 else "scratch",
+        },
         **kw,
     )
+
+
+def inflate_branch1(weights: dict[str, torch.Tensor], num_frames: int, channels: int) -> dict[str, torch.Tensor]:
+    """Branch 1's state dict grown into the initial weights of a branch on ``num_frames`` frames.
+
+    The first convolution sees ``num_frames * channels`` input channels (early fusion,
+    frame-major); its kernels for the centre frame are branch 1's and those for the
+    neighbours are zero, so the grown branch computes exactly branch 1's output at step 0
+    while the neighbours' kernels still receive gradients. Every other tensor is copied.
+
+    Args:
+        weights: a :class:`~tanet.modelio.BranchModel` state dict of branch 1.
+        num_frames: frames of the new branch (2i-1).
+        channels: colour channels per frame.
+
+    Returns:
+        The new branch's state dict (same keys).
+    """
+    centre = num_frames // 2
+    out = {}
+    for key, value in weights.items():
+        if value.ndim == 4 and value.shape[1] == channels and key.endswith(("body.0.weight", "head.weight")):
+            grown = value.new_zeros(value.shape[0], num_frames * channels, *value.shape[2:])
+            grown[:, centre * channels : (centre + 1) * channels] = value
+            out[key] = grown
+        else:
+            out[key] = value.clone()
+    return out
+
+
+def branch1_init(params: Params, i: int, pretrain_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Initial weights of branch ``i`` (``pretrain.init_from_branch1``): branch 1 grown, or None."""
+    if i == 1 or not params.pretrain.init_from_branch1:
+        return None
+    path = pretrain_dir / "branch_1" / CKPT_WEIGHTS
+    if not path.is_file():
+        raise TanetError(
+            f"{path}: branch {i} starts from branch 1 (pretrain.init_from_branch1); pretrain branch 1 first"
+        )
+    return inflate_branch1(load_file(str(path)), 2 * i - 1, params.model.channels)
 
 
 def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ import yaml
 from tanet.errors import InputError, TanetError
 from tanet.inference import Upscaler, flow_settings, load_upscaler, weight_map_image
 from tanet.modelio import MODEL_META, load_model_dir
-from tanet.video import FrameFolderWriter, VideoWriter, count_frames, open_video
+from tanet.video import FrameFolderWriter, VideoWriter, check_replaceable_frame_folder, count_frames, open_video
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,38 @@ def _model_dir_of(path: Path, spec: str) -> Path:
     raise TanetError(f"model {spec}: {path} holds neither a tanet model ({MODEL_META}) nor a tanet MLflow model")
 
 
+def _check_distinct(input_path: Path, output_path: Path, weights_video: str | Path | None) -> None:
+    """Refuses outputs that would replace the input, each other or the working folder.
+
+    Paths are compared after resolving links, before anything is read or written, so no
+    ``--overwrite`` can turn a typo into the loss of the source video.
+
+    Raises:
+        InputError: naming the path and the clash.
+    """
+    source = input_path.resolve()
+    cwd = Path.cwd().resolve()
+    outputs = {"output": output_path.resolve()}
+    if weights_video is not None:
+        outputs["--weights-video"] = Path(weights_video).resolve()
+    for what, path in outputs.items():
+        if path == source:
+            raise InputError(
+                path, f"the {what} is the input; write it elsewhere (--overwrite never replaces the input)"
+            )
+        if source.is_dir() and source in path.parents:
+            raise InputError(path, f"the {what} lies inside the input frame folder {source}")
+        if path == cwd or path in cwd.parents or path.parent == path:
+            raise InputError(path, f"the {what} is the working folder or one above it; name a file or a new folder")
+    if len(set(outputs.values())) < len(outputs):
+        raise InputError(outputs["output"], "--weights-video and the output are the same path; give each its own")
+
+
 def _check_output(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(path, "output exists (pass --overwrite to replace it)")
+    if path.exists() and _is_folder_target(path):
+        check_replaceable_frame_folder(path)
     probe = path.parent
     while not probe.exists():
         probe = probe.parent
@@ -249,6 +278,7 @@ def upscale_video(
             "variable frame rate input is not supported: convert it to a constant rate first "
             "(ffmpeg -i IN -fps_mode cfr OUT) so every frame keeps its time",
         )
+    _check_distinct(input_path, output_path, weights_video)
     _check_output(output_path, overwrite)
     if weights_video is not None:
         _check_output(Path(weights_video), overwrite)

@@ -1057,6 +1057,29 @@ class VideoWriter:
             self.abort()
 
 
+_OWN_FRAME = re.compile(r"[0-9]{8}\.png")
+
+
+def check_replaceable_frame_folder(path: Path) -> None:
+    """Refuses to replace ``path`` unless it is a folder of nothing but this writer's frames.
+
+    ``--overwrite`` replaces a previous output, never a folder of the user's: the first
+    foreign entry (a file of another name, a sub-folder, a link) is named in the error.
+
+    Raises:
+        OutputExistsError: ``path`` is not a folder, or holds something else.
+    """
+    if path.is_symlink() or not path.is_dir():
+        raise OutputExistsError(path, "exists and is not a frame folder; a frame folder output never replaces a file")
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if not (_OWN_FRAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+            raise OutputExistsError(
+                path,
+                f"holds {entry.name!r}, which tanet did not write; --overwrite replaces only a folder of "
+                "tanet's own frames (00000000.png, ...): choose another output or empty it yourself",
+            )
+
+
 class FrameFolderWriter:
     """Writes frames as ``00000000.png``, ``00000001.png``, ... into a folder, atomically.
 
@@ -1080,6 +1103,8 @@ class FrameFolderWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise OutputExistsError(self.path, "output exists (pass overwrite=True to replace it)")
+        if self.path.exists():
+            check_replaceable_frame_folder(self.path)
         self._frame_shape = (height, width, 3)
         self._png_compression = png_compression
         self.frames_written = 0

@@ -12,6 +12,7 @@ size, which would be reported before the missing or unreadable frame.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -29,7 +30,7 @@ import pytest
 from tanet.config import IngestParams, Params, dump_params, load_params, params_from_dict, preset_params, set_key
 from tanet.data.ingest import MANIFEST, QUARANTINE, ingest_one, read_manifest, read_quarantine, run_ingest
 from tanet.data.lrsets import lr_set_name, run_degrade
-from tanet.data.sources import Source, discover_sources
+from tanet.data.sources import Source, discover_sources, is_val_clip
 from tanet.errors import ConfigError, InputError, TanetError
 from tanet.frames import list_frames, read_rgb, write_rgb
 
@@ -223,6 +224,32 @@ def test_bad_input_alone_raises_and_leaves_nothing(media: Path, tmp_path: Path, 
     assert list(tmp_path.iterdir()) == []  # no clip folder and no temporary one
 
 
+def test_crop_box_is_applied_before_resizing_and_noted(media: Path, tmp_path: Path) -> None:
+    plain = Source("ntsc", media / "ntsc.mp4", "path", "test")
+    ingest_one(plain, tmp_path / "a", IngestParams(embedded=()), 3, 4, "train")
+    whole = read_rgb(list_frames(tmp_path / "a" / "ntsc")[0])  # 64 x 48
+    rec = ingest_one(
+        dataclasses.replace(plain, crop=(8, 4, 48, 40)), tmp_path / "b", IngestParams(embedded=()), 3, 4, "train"
+    )
+    assert (rec.width, rec.height, rec.notes) == (48, 40, "cropped to 48x40 at (8, 4)")
+    assert np.array_equal(read_rgb(list_frames(tmp_path / "b" / "ntsc")[0]), whole[4:44, 8:56])
+    # The crop comes first, then the area downscale of what is left (64x44 -> 48x33).
+    rec = ingest_one(
+        dataclasses.replace(plain, crop=(0, 4, 64, 44)),
+        tmp_path / "c",
+        IngestParams(embedded=(), max_side=48),
+        3,
+        4,
+        "train",
+    )
+    assert (rec.width, rec.height) == (48, 33)
+    assert rec.notes == "cropped to 64x44 at (0, 4); area-downscaled 64x44 -> 48x33"
+    with pytest.raises(InputError, match="outside"):
+        ingest_one(
+            dataclasses.replace(plain, crop=(5000, 0, 8, 8)), tmp_path / "d", IngestParams(embedded=()), 3, 4, "train"
+        )
+
+
 def test_frame_step_keeps_every_kth_frame_and_scales_fps(media: Path, tmp_path: Path) -> None:
     source = Source("ntsc", media / "ntsc.mp4", "path", "test")
     rec = ingest_one(source, tmp_path, IngestParams(embedded=(), frame_step=2), 3, 4, "train")
@@ -363,4 +390,13 @@ def test_shared_train_sources_are_found_with_their_licences() -> None:
     assert all(s.is_folder for s in sources)
     licences = {s.clip_id.split("__")[0]: s.licence for s in sources}
     assert "non-commercial" in licences["vimeo90k_septuplet_sample"].lower()
+    crops = {s.clip_id.split("__")[0]: s.crop for s in sources}
+    assert crops["cityscapes_seq_vid2vid_2048x1024"] == (0, 0, 2048, 800)  # above the hood
+    assert crops["vimeo90k_septuplet_sample"] is None
+    # Validation is held out by source video: all eight septuplets of Vimeo clip 00002, none of 00001.
+    val = sorted(s.clip_id for s in sources if is_val_clip(s.clip_id, params.ingest.val_clips))
+    assert val == ["cityscapes_seq_vid2vid_2048x1024__seq0005"] + [
+        f"vimeo90k_septuplet_sample__00002_000{k}" for k in range(1, 9)
+    ]
+    assert params.ingest.embedded == ()  # the embedded clips are out of full
     assert "cc-by-nc-sa" in licences["cityscapes_seq_vid2vid_2048x1024"].lower()

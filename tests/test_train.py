@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tanet.align.rof import shift_crop
@@ -44,6 +45,7 @@ from tanet.train import (
     build_model,
     checkpoint_dirs,
     compute_loss,
+    inflate_branch1,
     job_fingerprint,
     load_checkpoint,
     load_init,
@@ -272,6 +274,47 @@ def test_theta_term_is_zero_when_theta_equals_theta_hat(mode: str) -> None:
 
 
 # -- initialisation from pretraining ------------------------------------------------------
+@pytest.mark.parametrize("kind", ["espcn", "residual", "srcnn"])
+def test_branch_grown_from_branch1_starts_with_its_output_and_learns_its_neighbours(kind: str) -> None:
+    overrides = {"model.branch.kind": kind}
+    if kind == "residual":
+        overrides |= {"model.branch.widths": [8], "model.branch.kernel_sizes": [3], "model.branch.num_blocks": 1}
+    if kind == "srcnn":
+        overrides |= {"model.branch.kernel_sizes": [9, 1, 5]}
+    cfg = params_from_dict(preset_params("tiny", overrides)).model
+    torch.manual_seed(3)
+    b1 = BranchModel(cfg, 1)
+    b3 = BranchModel(cfg, 3)
+    load_init(b3, inflate_branch1(b1.state_dict(), 5, cfg.channels))
+    x = torch.rand(2, cfg.num_frames, cfg.channels, 10, 10, generator=torch.Generator().manual_seed(1))
+    noisy = x.clone()
+    noisy[:, [0, 1, 3, 4]] = torch.rand(2, 4, cfg.channels, 10, 10)  # other neighbours, same centre
+    with torch.no_grad():
+        torch.testing.assert_close(b3(x), b1(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(b3(noisy), b1(x), rtol=0, atol=1e-6)
+    first = "branch.net.head.weight" if kind == "residual" else "branch.net.body.0.weight"
+    F.mse_loss(b3(x), torch.rand_like(b3(x))).backward()
+    grad = dict(b3.named_parameters())[first].grad
+    assert grad is not None and grad[:, [0, 1, 3, 4]].abs().sum() > 0  # the neighbours' kernels learn
+
+
+def test_pretrain_grows_branches_from_branch1_and_needs_it_first(tmp_path: Path) -> None:
+    from tanet.train import branch1_init
+
+    params = params_from_dict(preset_params("tiny"))
+    assert params.pretrain.init_from_branch1
+    assert branch1_init(params, 1, tmp_path) is None
+    with pytest.raises(TanetError, match="pretrain branch 1 first"):
+        branch1_init(params, 2, tmp_path)
+    torch.manual_seed(0)
+    b1 = BranchModel(params.model, 1)
+    write_model_dir(tmp_path / "branch_1", b1, Job("branch", 1, params.model, params.pretrain), {}, [])
+    init = branch1_init(params, 2, tmp_path)
+    assert init is not None and init["branch.net.body.0.weight"].shape[1] == 3 * params.model.channels
+    off = params_from_dict(preset_params("tiny", {"pretrain.init_from_branch1": False}))
+    assert branch1_init(off, 2, tmp_path) is None
+
+
 def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None:
     params = params_from_dict(preset_params("tiny"))
     cfg, n = params.model, params.model.num_branches

@@ -57,6 +57,55 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path, model_dir: Path) -> N
     assert count_frames(out) == 3
 
 
+def test_overwrite_replaces_only_a_folder_of_tanets_own_frames(tmp_path: Path, model_dir: Path) -> None:
+    src = mf.frame_folder(tmp_path / "frames", frames=3, size=(12, 12))
+    out = tmp_path / "out"
+    assert _tanet("upscale", src, out, "--model", model_dir, "-q").returncode == 0
+    assert _tanet("upscale", src, out, "--model", model_dir, "--overwrite", "-q").returncode == 0  # its own frames
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    res = _tanet("upscale", src, out, "--model", model_dir, "--overwrite", "-q")
+    assert res.returncode == 2 and "'notes.txt', which tanet did not write" in res.stderr, res.stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir() and len(list_frames(out)) == 3
+    (out / "notes.txt").unlink()
+    res = _tanet("upscale", src, out, "--model", model_dir, "--overwrite", "-q")
+    assert res.returncode == 2 and "'sub'" in res.stderr  # a sub-folder is foreign too
+    video = mf.h264_mp4(tmp_path / "in.mp4", size=(16, 16), frames=3, audio=False)
+    plain = tmp_path / "plainfile"
+    plain.write_bytes(b"precious")
+    res = _tanet("upscale", video, plain, "--model", model_dir, "--overwrite", "-q")
+    assert res.returncode == 2 and "not a frame folder" in res.stderr and plain.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("case", ["same", "link", "weights_is_output", "weights_is_input", "inside_input", "cwd"])
+def test_outputs_that_clash_with_the_input_or_each_other_are_refused(
+    tmp_path: Path, model_dir: Path, case: str
+) -> None:
+    src = mf.h264_mp4(tmp_path / "clip.mp4", size=(16, 16), frames=3, audio=False)
+    before = src.read_bytes()
+    out, extra = tmp_path / "out.mp4", []
+    if case == "same":
+        out = src
+    elif case == "link":
+        out = tmp_path / "alias.mp4"
+        out.symlink_to(src)
+    elif case == "weights_is_output":
+        extra = ["--weights-video", str(out)]
+    elif case == "weights_is_input":
+        extra = ["--weights-video", str(src)]
+    elif case == "inside_input":
+        src = mf.frame_folder(tmp_path / "frames", frames=3, size=(12, 12))
+        out = src / "x4"
+    elif case == "cwd":
+        out = Path(".")
+    res = _tanet("upscale", src, out, "--model", model_dir, "--overwrite", "-q", *extra, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tanet: error:"), res.stderr
+    assert (tmp_path / "clip.mp4").read_bytes() == before
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "frames" / "x4").exists()
+
+
 @pytest.mark.parametrize(
     ("case", "needle"),
     [

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tanet.atomic import atomic_dir, atomic_write_json
 from tanet.config import IngestParams, Params
-from tanet.data.sources import Source, discover_sources, file_sha256
+from tanet.data.sources import Source, discover_sources, file_sha256, is_val_clip
 from tanet.errors import ConfigError, InputError, TanetError
 from tanet.frames import write_rgb
 from tanet.parallel import Mapper, serial_map
@@ -66,6 +66,18 @@ def _target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
         return width, height
     s = max_side / max(width, height)
     return max(1, round(width * s)), max(1, round(height * s))
+
+
+def _crop_box(source: Source, width: int, height: int) -> tuple[int, int, int, int]:
+    """The source's crop box ``(x, y, w, h)`` clipped to the frame (the whole frame without one)."""
+    if source.crop is None:
+        return 0, 0, width, height
+    x, y, w, h = source.crop
+    x, y = min(max(x, 0), width), min(max(y, 0), height)
+    w, h = min(w, width - x), min(h, height - y)
+    if w <= 0 or h <= 0:
+        raise InputError(source.path, f"crop box {source.crop} lies outside the {width}x{height} frame")
+    return x, y, w, h
 
 
 def _conversion_notes(info: VideoInfo) -> list[str]:
@@ -108,19 +120,23 @@ def ingest_one(
     with open_video(source.path, max_frames=limit, **kwargs) as reader:
         info = reader.info
         notes = _conversion_notes(info)
-        w, h = _target_size(info.width, info.height, params.max_side)
+        cx, cy, cw, ch = _crop_box(source, info.width, info.height)
+        w, h = _target_size(cw, ch, params.max_side)
         min_side = MIN_LR_SIDE * max_scale
         if min(w, h) < min_side:
             raise InputError(
                 source.path, f"frame size {w}x{h} is below the minimum {min_side}x{min_side} for x{max_scale}"
             )
-        if (w, h) != (info.width, info.height):
-            notes.append(f"area-downscaled {info.width}x{info.height} -> {w}x{h}")
+        if (cw, ch) != (info.width, info.height):
+            notes.append(f"cropped to {cw}x{ch} at ({cx}, {cy})")
+        if (w, h) != (cw, ch):
+            notes.append(f"area-downscaled {cw}x{ch} -> {w}x{h}")
         kept = 0
         decoded = 0
         with atomic_dir(out_dir / source.clip_id) as tmp:
             for frame in reader:
                 if decoded % params.frame_step == 0:
+                    frame = frame[cy : cy + ch, cx : cx + cw]
                     if (w, h) != (frame.shape[1], frame.shape[0]):
                         frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
                     write_rgb(tmp / f"{kept:08d}.png", np.ascontiguousarray(frame))
@@ -183,7 +199,9 @@ def run_ingest(params: Params, root: Path, out_dir: Path, mapper: Mapper = seria
     max_scale = max(params.degrade.scales)
     with atomic_dir(out_dir) as tmp:
         results = mapper(
-            lambda s: ingest_one(s, tmp, ip, min_frames, max_scale, "val" if s.clip_id in ip.val_clips else "train"),
+            lambda s: ingest_one(
+                s, tmp, ip, min_frames, max_scale, "val" if is_val_clip(s.clip_id, ip.val_clips) else "train"
+            ),
             sources,
             [s.clip_id for s in sources],
         )

@@ -12,6 +12,8 @@ Every source records its licence so trained models can carry it: parts of
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import hashlib
 import importlib.metadata
 import re
@@ -42,6 +44,13 @@ SHARED_TRAIN_LICENCES: dict[str, str] = {
     "sam2_bedroom_540p": "Apache-2.0 (facebookresearch/sam2 repository); video provenance not stated",
 }
 
+# Crop boxes (x, y, width, height) of ../shared/data/train sources, applied before any
+# resizing: the Cityscapes frames show the ego-vehicle's hood and badge below row ~830
+# (data README), which is static across frames and would teach the network nothing.
+SHARED_TRAIN_CROPS: dict[str, tuple[int, int, int, int]] = {
+    "cityscapes_seq_vid2vid_2048x1024": (0, 0, 2048, 800),
+}
+
 Origin = Literal["embedded", "shared_train", "path"]
 
 
@@ -53,6 +62,7 @@ class Source:
     path: Path  # video file or frame folder
     origin: Origin  # where it came from
     licence: str  # licence / terms of use, carried into the manifest and the model
+    crop: tuple[int, int, int, int] | None = None  # (x, y, w, h) kept of every frame, before resizing
 
     @property
     def is_folder(self) -> bool:
@@ -145,7 +155,8 @@ def discover_sources(params: IngestParams, root: Path) -> list[Source]:
                 continue
             licence = SHARED_TRAIN_LICENCES.get(src_dir.name, "see ../shared/data/train/README.md")
             for seq in _expand_path(src_dir):
-                sources.append(Source(slug(f"{src_dir.name}__{seq.name}"), seq, "shared_train", licence))
+                crop = SHARED_TRAIN_CROPS.get(src_dir.name)
+                sources.append(Source(slug(f"{src_dir.name}__{seq.name}"), seq, "shared_train", licence, crop))
     for raw in params.paths:
         for item in _expand_path((root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)):
             clip_id = slug(item.name if item.is_dir() else item.stem)  # a missing file too: its stem
@@ -162,7 +173,18 @@ def discover_sources(params: IngestParams, root: Path) -> list[Source]:
                 n += 1
             clip_id = f"{clip_id}-{n}"
             taken.add(clip_id)
-            src = Source(clip_id, src.path, src.origin, src.licence)
+            src = dataclasses.replace(src, clip_id=clip_id)
         seen.add(clip_id)
         unique.append(src)
     return unique
+
+
+def is_val_clip(clip_id: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``clip_id`` is held out: equal to, or matching a shell pattern of, ``ingest.val_clips``.
+
+    >>> is_val_clip("vimeo90k_septuplet_sample__00002_0003", ("vimeo90k_septuplet_sample__00002_*",))
+    True
+    >>> is_val_clip("vimeo90k_septuplet_sample__00001_0003", ("vimeo90k_septuplet_sample__00002_*",))
+    False
+    """
+    return any(clip_id == p or fnmatch.fnmatchcase(clip_id, p) for p in patterns)
