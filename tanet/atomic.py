@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -91,7 +93,17 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def _start_ticks(pid: int) -> str | None:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc``), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of proc(5), after the command name
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,12 +113,55 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(path: Path) -> None:
-    """Removes temporary siblings of ``path`` left by killed writers (their pid is gone)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        parts = tmp.name[len(path.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
-            shutil.rmtree(tmp, ignore_errors=True)
+def owner_token(pid: int | None = None) -> str:
+    """``<pid>-<start ticks>`` of a process: unlike a pid alone, never reused by a later one."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}-{_start_ticks(pid) or 0}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process that wrote ``token`` (:func:`owner_token`) still runs."""
+    pid_text, _, ticks = token.partition("-")
+    if not pid_text.isdigit() or not pid_alive(int(pid_text)):
+        return False
+    now = _start_ticks(int(pid_text))
+    return ticks in ("", "0") or now is None or now == ticks
+
+
+_NAME_KEEP = 64  # bytes of the final name kept in a temporary name (NAME_MAX is 255)
+
+
+def _name_key(path: Path) -> str:
+    """Short stand-in for ``path.name`` in temporary names, so a 250-byte output name still fits."""
+    raw = path.name.encode()
+    if len(raw) <= _NAME_KEEP:
+        return path.name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return raw[:40].decode(errors="ignore") + "~" + digest
+
+
+def temp_sibling_prefix(path: Path) -> str:
+    """Prefix of this process's temporary siblings of ``path``: ``.<name>.<pid>-<start>.``.
+
+    The owner token lets a later run tell a dead writer's leftovers (killed by SIGKILL or a
+    power cut) from a live writer's, and remove them (:func:`remove_dead_siblings`).
+    """
+    return f".{_name_key(path)}.{owner_token()}."
+
+
+def remove_dead_siblings(path: Path) -> list[Path]:
+    """Removes temporary siblings of ``path`` whose writer is gone; returns what it removed."""
+    removed = []
+    key = _name_key(path)
+    for tmp in path.parent.glob(f".{glob.escape(key)}.*.tmp*"):
+        token = tmp.name[len(key) + 2 :].split(".", 1)[0]
+        if token[:1].isdigit() and not owner_alive(token):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_tree(root: Path) -> None:
@@ -136,8 +191,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    tmp = Path(mkdtemp_public(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    remove_dead_siblings(path)
+    tmp = Path(mkdtemp_public(prefix=temp_sibling_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -149,7 +204,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         return
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+        old = path.with_name(f"{temp_sibling_prefix(path)}old.tmp")
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tanet.errors import TanetError
+from tanet.errors import TanetError, Terminated, raise_on_termination
 
 
 def _finite(obj: Any) -> Any:
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tanet`` console script."""
     args = build_parser().parse_args(argv)
+    raise_on_termination()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -292,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # e.g. a full disk or a read-only file system, named by the OS
         print(f"tanet: error: {err}", file=sys.stderr)
         return 1
+    except Terminated as err:
+        print(f"tanet: {err}; temporary outputs removed", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("tanet: interrupted", file=sys.stderr)
         return 130

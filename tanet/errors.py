@@ -29,3 +29,35 @@ class InputError(TanetError):
 
 class VideoError(InputError):
     """ffmpeg could not read or write a video; the message carries its stderr tail."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: raised in the main thread like Ctrl-C, so every ``finally``
+    and ``with`` block (temporary outputs, ffmpeg children, servers) cleans up on the way out.
+
+    Args:
+        signum: the signal's number (the exit status is 128 + signum, as a shell reports it).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")
+
+
+def raise_on_termination() -> None:
+    """Turns SIGTERM and SIGHUP into :class:`Terminated` in the main thread (no-op elsewhere).
+
+    SIGTERM is what ``timeout``, systemd, ``docker stop`` and Prefect's cancellation send; by
+    default it kills Python without running any cleanup (``atexit`` included).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)

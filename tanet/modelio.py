@@ -56,19 +56,43 @@ def write_model_dir(
 
 
 def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a model folder written by :func:`write_model_dir` (joint or branch)."""
+    """Loads a model folder written by :func:`write_model_dir` (joint or branch).
+
+    Raises:
+        TanetError: naming the file at fault: ``model.json`` missing, not JSON or without a
+            valid model config; weights unreadable (damaged, or not safetensors: pickles are
+            never loaded), not fitting the config, or holding NaN/inf values.
+    """
     path = Path(path)
     meta_path = path / MODEL_META
     if not meta_path.is_file():
         raise TanetError(f"{path}: not a tanet model folder ({MODEL_META} missing)")
-    meta = json.loads(meta_path.read_text())
-    cfg = model_config_from_dict(meta["model"])
-    model: nn.Module = BranchModel(cfg, int(meta["branch"])) if meta["kind"] == "branch" else VSRNet(cfg)
-    weights = load_file(str(path / CKPT_WEIGHTS))
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise TanetError(f"{meta_path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise TanetError(f"{meta_path}: no 'model' section (the network's config); not a tanet model.json")
+    try:
+        cfg = model_config_from_dict(meta["model"])
+        kind, branch = meta.get("kind", "joint"), int(meta.get("branch", 0))
+        if kind not in ("joint", "branch"):
+            raise ValueError(f"kind must be 'joint' or 'branch', got {kind!r}")
+        model: nn.Module = BranchModel(cfg, branch) if kind == "branch" else VSRNet(cfg)
+    except (TanetError, ValueError, TypeError) as err:
+        raise TanetError(f"{meta_path}: invalid model config: {err}") from None
+    weights_path = path / CKPT_WEIGHTS
+    try:
+        weights = load_file(str(weights_path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise TanetError(f"{weights_path}: not a readable safetensors file ({err})") from None
+    bad = sorted(k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise TanetError(f"{weights_path}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}")
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise TanetError(
-            f"{path / CKPT_WEIGHTS}: weights do not fit the model config in {MODEL_META}: {str(err).splitlines()[0]}"
+            f"{weights_path}: weights do not fit the model config in {MODEL_META}: {str(err).splitlines()[0]}"
         ) from None
     return model.to(device).eval(), meta

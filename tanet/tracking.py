@@ -56,9 +56,18 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def configure_mlflow(root: Path | None = None) -> Any:
-    """Imports MLflow with telemetry off and points it at :func:`tracking_uri`."""
+    """Imports MLflow with telemetry off and points it at :func:`tracking_uri`.
+
+    Every path to MLflow goes through here, so a tracking server that is down or silent is
+    one clear error within seconds (:func:`check_tracking_server`) instead of minutes of
+    the client's retries; the retries stay for a server that answered once.
+
+    Raises:
+        TanetError: ``MLFLOW_TRACKING_URI`` names a server that does not answer.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    check_tracking_server()
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(root))
@@ -152,7 +161,6 @@ def new_parent_run(experiment: str, root: Path | None = None, tags: Mapping[str,
     """Creates a pipeline parent run (for ``TANET_PARENT_RUN_ID``); returns its id."""
     root = root or repo_root()
     mlflow = configure_mlflow(root)
-    check_tracking_server()
     exp_id = ensure_experiment(mlflow, experiment, root)
     client = mlflow.MlflowClient()
     run = client.create_run(
@@ -303,7 +311,6 @@ def stage_run(
         return
     root = root or repo_root()
     mlflow = configure_mlflow(root)
-    check_tracking_server()
     exp_id = ensure_experiment(mlflow, experiment, root)
     base_tags = {"tanet.git_commit": git_commit(root), **{k: str(v) for k, v in (tags or {}).items()}}
     parent = parent_run_id(mlflow, exp_id, root, base_tags)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 
-from tanet.errors import InputError, TanetError
+from tanet.errors import ConfigError, InputError, TanetError
 from tanet.inference import Upscaler, flow_settings, load_upscaler, weight_map_image
 from tanet.modelio import MODEL_META, load_model_dir
 from tanet.video import FrameFolderWriter, VideoWriter, check_replaceable_frame_folder, count_frames, open_video
@@ -263,6 +263,10 @@ def upscale_video(
     input_path, output_path = Path(input_path), Path(output_path)
     if compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {compile!r}")
+    if tile < 0:
+        raise ConfigError(f"--tile {tile}: the LR tile side must be >= 0 (0: whole frames)")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames {max_frames}: must be >= 1 (omit it for every frame)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

@@ -50,7 +50,7 @@ import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 
-from tanet.atomic import atomic_dir, mkstemp_public
+from tanet.atomic import atomic_dir, mkstemp_public, remove_dead_siblings, temp_sibling_prefix
 from tanet.errors import InputError, VideoError
 from tanet.frames import list_frames, read_rgb, write_rgb
 
@@ -758,7 +758,7 @@ class VideoWriter:
     """Encodes ``(H, W, 3)`` uint8 RGB frames to a video file through ffmpeg's stdin.
 
     The file appears under its final name only when ffmpeg has exited 0: frames go to
-    ``.NAME.tmp-XXXX.SUFFIX`` beside it (the suffix picks the muxer), renamed on a clean
+    ``.NAME.<pid>-<start>.XXXX.tmp.SUFFIX`` beside it (the suffix picks the muxer), renamed on a clean
     close. An exception in the ``with`` block or an ffmpeg failure kills ffmpeg and
     removes the temporary file; ffmpeg failures raise :class:`VideoError` with its
     stderr tail.
@@ -961,7 +961,10 @@ class VideoWriter:
 
     def _start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = mkstemp_public(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
+        remove_dead_siblings(self.path)  # leftovers of a killed earlier run to this output
+        fd, tmp = mkstemp_public(
+            prefix=temp_sibling_prefix(self.path), suffix=".tmp" + self.path.suffix, dir=self.path.parent
+        )
         os.close(fd)  # the name is reserved; ffmpeg overwrites the empty file (-y)
         self._tmp = Path(tmp)
         self._proc, self._stderr = _popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

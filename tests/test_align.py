@@ -89,3 +89,33 @@ def test_tiny_frames_have_zero_flow() -> None:
     assert estimate_flow(one, one).shape == (1, 1, 2)
     aligned, shifts = align_window(np.zeros((3, 1, 1), np.uint8), block=8)
     assert aligned.shape == (3, 1, 1) and not shifts.any()
+
+
+def test_frames_of_any_size_get_a_flow_in_a_process_that_survives() -> None:
+    """Sizes where OpenCV's DIS refuses (under 12 px) or crashes the process (thin strips)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from tanet.align import estimate_flow
+        rng = np.random.default_rng(0)
+        for h, w in [(3, 2), (11, 11), (12, 2), (64, 8), (8, 64), (12, 64), (13, 200), (16, 300), (2, 2000)]:
+            a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+            for method in ("dis", "farneback"):
+                for preset in ("ultrafast", "fast", "medium"):
+                    f = estimate_flow(a, np.roll(a, 1, 1), method, preset)
+                    assert f.shape == (h, w, 2) and f.dtype == np.float32 and np.isfinite(f).all(), (h, w)
+        print("ok")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stderr[-2000:])
+
+
+def test_thin_strip_flow_still_recovers_the_motion() -> None:
+    clip = _translated_clip([(0, 0), (2, 0)], h=16, w=300)  # padded to 75 x 300 inside
+    flow = estimate_flow(clip[0], clip[1])
+    np.testing.assert_allclose(flow[4:-4, 16:-16].reshape(-1, 2).mean(0), [2, 0], atol=0.3)

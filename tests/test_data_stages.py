@@ -406,9 +406,10 @@ def test_sigkill_mid_write_leaves_previous_or_nothing(run: dict[str, Any], tmp_p
         assert tree_bytes(out) == before  # the previous complete output, untouched
     else:
         assert not out.exists()  # no output at all, never a partial folder under the final name
-    # A re-run writes complete, verified shards. (The killed run's hidden temporary folder
-    # .patches.*.tmp stays behind: tanet.atomic cannot tell it from a live run's.)
+    # A re-run writes complete, verified shards and removes the killed run's hidden
+    # temporary folder (its name carries the dead writer's pid and start time).
     manifest = run_patches(run["params"], run["clips"], run["lr"], run["flow"], out)
+    assert not [d.name for d in tmp_path.iterdir() if d.name.startswith(".patches.")]
     assert tree_bytes(out) == tree_bytes(run["patches"])
     PatchLoader(out, 4)  # verifies every shard's sha256
     assert manifest["rows"] == run["manifest"]["rows"]
@@ -436,3 +437,30 @@ def test_torn_shard_is_detected_by_the_loader(run: dict[str, Any], tmp_path: Pat
     if damage == "truncate":  # even unverified, a cut-off shard is an error naming it
         with pytest.raises(InputError, match=rf"{shard}: not a readable Parquet shard"):
             PatchLoader(out, 4, verify=False)
+
+
+def test_clips_at_ingests_minimum_size_pass_every_data_stage(tmp_path: Path) -> None:
+    """The smallest clip ingest keeps (8 LR px at the largest scale, thin strips too) is
+    accepted by degrade, flow and patches: no stage has a stricter minimum than ingest."""
+    from tanet.data.ingest import MIN_LR_SIDE
+
+    src = tmp_path / "src"
+    side = MIN_LR_SIDE * 4
+    for name, size in {"square": (side, side), "strip": (16 * side, side), "column": (side, 8 * side)}.items():
+        mf.frame_folder(src / name, frames=6, size=size)
+    translated_clip(src / "moving", 4, -4, seed=0)
+    data = params_dict(src)
+    data["ingest"]["paths"] = [str(src / n) for n in ("square", "strip", "column", "moving")]
+    data["ingest"]["val_clips"] = ["square"]
+    p = params_from_dict(data)
+    out = tmp_path / "out"
+    records = run_ingest(p, ROOT, out / "clips")
+    assert sorted(r.clip_id for r in records) == ["column", "moving", "square", "strip"]
+    run_degrade(p, out / "clips", out / "lr")
+    run_flow(p, out / "clips", out / "lr", out / "flow")
+    lr_hw = {"square": (8, 8), "strip": (8, 128), "column": (64, 8)}  # x4 LR (h, w)
+    for clip, hw in lr_hw.items():
+        flows = load_flows(out / "flow" / "x4_BI" / f"{clip}.npz")["flow"]
+        assert flows.shape[-3:] == (*hw, 2) and np.isfinite(flows).all(), (clip, flows.shape)
+    manifest = run_patches(p, out / "clips", out / "lr", out / "flow", out / "patches")
+    assert manifest["rows"] > 0

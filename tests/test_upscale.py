@@ -118,6 +118,14 @@ def test_outputs_that_clash_with_the_input_or_each_other_are_refused(
         ("misfit_weights", "do not fit the model config"),
         ("vfr", "variable frame rate"),
         ("fp16_cpu", "fp16 needs a CUDA device"),
+        ("nan_weights", "non-finite weights"),
+        ("damaged_weights", "not a readable safetensors file"),
+        ("pickled_weights", "not a readable safetensors file"),
+        ("invalid_json", "model.json: not valid JSON"),
+        ("no_model_key", "no 'model' section"),
+        ("bad_number", "model.json: invalid model config"),
+        ("negative_tile", "--tile -5"),
+        ("negative_max_frames", "--max-frames -3"),
     ],
 )
 def test_bad_inputs_give_one_clear_line(tmp_path: Path, model_dir: Path, case: str, needle: str) -> None:
@@ -149,7 +157,39 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, model_dir: Path, case: s
         model = str(other)
     elif case == "vfr":
         src = mf.vfr_mp4(tmp_path / "vfr.mp4")
-    extra = ["--precision", "fp16", "--device", "cpu"] if case == "fp16_cpu" else []
+    elif case in ("nan_weights", "damaged_weights", "pickled_weights", "invalid_json", "no_model_key", "bad_number"):
+        import json
+        import pickle
+
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        broken = make_model_dir(tmp_path / "broken")
+        weights, meta_file = broken / "model.safetensors", broken / "model.json"
+        if case == "nan_weights":
+            w = load_file(str(weights))
+            w["tanet.branches.0.net.tail.bias"] = torch.full_like(w["tanet.branches.0.net.tail.bias"], float("nan"))
+            save_file(w, str(weights))
+        elif case == "damaged_weights":
+            weights.write_bytes(weights.read_bytes()[:1000])
+        elif case == "pickled_weights":
+            weights.write_bytes(pickle.dumps({"x": 1}))
+        elif case == "invalid_json":
+            meta_file.write_text("{not json")
+        elif case == "no_model_key":
+            meta = json.loads(meta_file.read_text())
+            del meta["model"]
+            meta_file.write_text(json.dumps(meta))
+        else:
+            meta = json.loads(meta_file.read_text())
+            meta["model"]["scale"] = "four"
+            meta_file.write_text(json.dumps(meta))
+        model = str(broken)
+    extra = {
+        "fp16_cpu": ["--precision", "fp16", "--device", "cpu"],
+        "negative_tile": ["--tile", "-5"],
+        "negative_max_frames": ["--max-frames", "-3"],
+    }.get(case, [])
     res = subprocess.run(
         [sys.executable, "-m", "tanet.cli", "upscale", str(src), str(out), "--model", model, "-q", *extra],
         capture_output=True,
@@ -212,3 +252,111 @@ def test_jpg_folder_in_lossless_video_out_keeps_colour_tags(tmp_path: Path, mode
     src, out = probe(tagged), probe(tmp_path / "tagged_x4.mp4")
     assert out.color == src.color and src.color_space == "bt709" and src.color_range == "tv"
     assert out.sample_aspect_ratio == src.sample_aspect_ratio == Fraction(4, 3)
+
+
+@pytest.mark.parametrize("server", ["closed", "silent"])
+@pytest.mark.parametrize("model", ["models:/x@champion", "runs:/0123456789abcdef/model", None])
+def test_unreachable_tracking_server_is_one_line_within_seconds(tmp_path: Path, server: str, model: str | None) -> None:
+    import os
+    import socket
+
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(16, 16), frames=3, audio=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if server == "silent":
+            sock.listen(8)  # accepts connections (the kernel's backlog) but never answers
+        port = sock.getsockname()[1]
+        if server == "closed":
+            sock.close()
+        args = [sys.executable, "-m", "tanet.cli", "upscale", str(src), str(tmp_path / "out.mp4"), "-q"]
+        args += ["--model", model] if model else []
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        # A hang would be minutes of client retries; the timeout turns it into a failure.
+        res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=90)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("tanet: error: MLflow tracking server") and str(port) in lines[0]
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("size", [(3, 2), (11, 11), (12, 2), (64, 8), (8, 64)])
+def test_tiny_and_thin_frames_upscale_with_rof_alignment(tmp_path: Path, size: tuple[int, int]) -> None:
+    model = make_model_dir(tmp_path / "rof_model", alignment="rof")
+    import numpy as np
+
+    from tanet.frames import write_rgb
+
+    src = tmp_path / "frames"  # written directly: ffmpeg's test source rounds odd sizes to even
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(3):
+        write_rgb(src / f"{t:08d}.png", rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    res = _tanet("upscale", src, tmp_path / "out", "--model", model, "-q")
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    frames = list_frames(tmp_path / "out")
+    assert len(frames) == 3
+    from tanet.frames import read_rgb
+
+    assert read_rgb(frames[0]).shape == (4 * size[1], 4 * size[0], 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["TERM", "HUP", "KILL"])
+def test_a_signal_mid_run_leaves_no_temporary_output_and_no_ffmpeg(tmp_path: Path, model_dir: Path, how: str) -> None:
+    """TERM/HUP clean up on the way out; after KILL the next run to the same output removes the leftover."""
+    import os
+    import signal
+    import time
+
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(96, 64), frames=600, audio=False)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tanet.cli", "upscale", str(src), str(out), "--model", str(model_dir), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.")]:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the writer never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # frames flowing through the encoder
+        proc.send_signal(getattr(signal, f"SIG{how}"))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # After TERM/HUP tanet ends its ffmpeg children itself; after KILL they end on their own
+    # when their pipes close (EOF on the encoder's stdin, SIGPIPE on the decoder's stdout).
+    deadline = time.monotonic() + (20 if how == "KILL" else 0)
+    while True:
+        children = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if not children or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    assert not children, f"processes left in the session: {children}"
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert not out.exists()
+    if how == "KILL":
+        assert proc.returncode == -signal.SIGKILL and len(hidden) == 1  # nothing could clean up...
+        res = _tanet("upscale", src, out, "--model", model_dir, "-q", "--max-frames", "2")
+        assert res.returncode == 0, res.stderr
+        hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]  # ...the next run did
+    else:
+        assert proc.returncode == 128 + getattr(signal, f"SIG{how}"), err
+        assert "terminated by signal" in err and "Traceback" not in err, err
+    assert not hidden, hidden
+
+
+@pytest.mark.parametrize("kind", ["video", "folder"])
+def test_a_legal_250_byte_output_name_works(tmp_path: Path, model_dir: Path, kind: str) -> None:
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(16, 16), frames=2, audio=False)
+    out = tmp_path / ("é" * 60 + ("x" * 126 + ".mp4" if kind == "video" else "x" * 130))  # 250 bytes in UTF-8
+    assert len(out.name.encode()) == 250
+    res = _tanet("upscale", src, out, "--model", model_dir, "-q")
+    assert res.returncode == 0, res.stderr
+    assert (count_frames(out) if kind == "video" else len(list_frames(out))) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -16,6 +16,8 @@ import media_factory as mf
 import numpy as np
 import pytest
 
+from tanet.atomic import owner_token
+
 from tanet.errors import InputError, VideoError
 from tanet.video import (
     FrameFolderReader,
@@ -452,7 +454,9 @@ def test_exception_in_with_block_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="model crashed"), VideoWriter(out, 16, 16, 25) as writer:
         writer.write(random_frames(1, 16, 16)[0])
         assert len(leftovers(tmp_path)) == 1  # the temporary file, suffix kept
-        assert leftovers(tmp_path)[0].startswith(".out.tmp-") and leftovers(tmp_path)[0].endswith(".mp4")
+        assert leftovers(tmp_path)[0].startswith(f".out.mp4.{owner_token()}.") and leftovers(tmp_path)[0].endswith(
+            ".tmp.mp4"
+        )
         raise RuntimeError("model crashed")
     assert writer._proc is not None and writer._proc.returncode is not None
     assert list(tmp_path.iterdir()) == []

@@ -59,13 +59,38 @@ def estimate_flow(
             f"estimate_flow expects two (H, W) uint8 frames of equal size, got "
             f"{ref.dtype}{ref.shape} and {nbr.dtype}{nbr.shape}"
         )
+    if method not in ("dis", "farneback"):
+        raise ValueError(f"unknown flow method {method!r} (known: dis, farneback)")
     h, w = ref.shape
     if h < 2 or w < 2:  # too small to hold any motion estimate
         return np.zeros((h, w, 2), np.float32)
+    ph, pw = padded_size(h, w)
+    if (ph, pw) != (h, w):
+        ref = cv2.copyMakeBorder(ref, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+        nbr = cv2.copyMakeBorder(nbr, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
     ref = np.ascontiguousarray(ref)
     nbr = np.ascontiguousarray(nbr)
     if method == "dis":
-        return _dis(preset).calc(ref, nbr, None)
-    if method == "farneback":
-        return cv2.calcOpticalFlowFarneback(ref, nbr, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    raise ValueError(f"unknown flow method {method!r} (known: dis, farneback)")
+        flow = _dis(preset).calc(ref, nbr, None)
+    else:
+        flow = cv2.calcOpticalFlowFarneback(ref, nbr, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    return np.ascontiguousarray(flow[:h, :w])
+
+
+MIN_FLOW_SIDE = 32  # frames are padded to at least this on both sides before estimation
+MAX_FLOW_ASPECT = 4  # ... and to at most this aspect ratio
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """Frame size the estimators run at: ``(h, w)`` padded (bottom/right, edges replicated).
+
+    OpenCV's DIS refuses frames under 12 px and crashes the process (SIGSEGV, no message)
+    on thin ones such as 8x64, 12x64 or 16x300: its coarsest pyramid level follows the long
+    side, leaving the short one smaller than a patch. Padding to >= 32 px and an aspect of
+    at most 4 avoids that at every size (swept over 2..2000 px); normal frames (16:9) are
+    untouched, and the flow of the padding is cropped away.
+
+    >>> padded_size(8, 64), padded_size(720, 1280), padded_size(3, 2)
+    ((32, 64), (720, 1280), (32, 32))
+    """
+    return max(h, MIN_FLOW_SIDE, -(-w // MAX_FLOW_ASPECT)), max(w, MIN_FLOW_SIDE, -(-h // MAX_FLOW_ASPECT))
