@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tanet.errors import raise_on_termination
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -122,6 +124,9 @@ class TemporaryServer:
 
 
 prefect_env()
+# SIGTERM (dvc's cancel, Prefect's cancellation, `timeout`) and SIGHUP would otherwise end the
+# stage without its atexit hooks, leaving the temporary server below running.
+raise_on_termination()
 _SERVER: TemporaryServer | None = None
 if not os.environ.get("PREFECT_API_URL") and os.environ.get("TANET_EPHEMERAL", "early") == "early":
     _SERVER = TemporaryServer()

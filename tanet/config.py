@@ -341,6 +341,55 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return dataclasses.replace(cfg, align_block=int(block)) if block else cfg
 
 
+_YAML12_BOOL = r"^(?:true|True|TRUE|false|False|FALSE)$"
+_YAML12_FLOAT = (
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_YAML12_INT = r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"
+
+
+def _params_loader(yaml: Any) -> Any:
+    """A SafeLoader that reads params as YAML 1.2 (core schema) and refuses duplicate keys.
+
+    DVC writes params back (``dvc exp run -S``) with a YAML 1.2 serializer: ``'off'`` becomes
+    ``off`` and ``1e-4`` stays ``1e-4``. PyYAML's YAML 1.1 rules would read those as a
+    boolean and a string; the 1.2 core schema reads them as the string and the float they
+    are, for every key alike. A key given twice is an error (PyYAML keeps the last silently).
+    """
+    import re
+
+    class ParamsLoader(yaml.SafeLoader):  # type: ignore[misc, name-defined]
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (the first would be silently ignored)", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+    tags_12 = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
+    ParamsLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in tags_12]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for tag, pattern, first in (
+        ("tag:yaml.org,2002:bool", _YAML12_BOOL, "tTfF"),
+        ("tag:yaml.org,2002:int", _YAML12_INT, "-+0123456789"),
+        ("tag:yaml.org,2002:float", _YAML12_FLOAT, "-+.0123456789"),
+    ):
+        ParamsLoader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+
+    def construct_int(loader: Any, node: Any) -> int:
+        text = loader.construct_scalar(node)
+        return int(text, 0) if text.startswith(("0o", "0x")) else int(text)
+
+    ParamsLoader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return ParamsLoader
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Reads and validates a params file.
 
@@ -370,9 +419,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             ) from None
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_params_loader(yaml))  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return params_from_dict(data, str(path))

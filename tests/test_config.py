@@ -63,3 +63,34 @@ def test_params_are_frozen() -> None:
     params = params_from_dict(preset_params("tiny"))
     with pytest.raises(AttributeError):
         params.train.steps = 3  # type: ignore[misc]
+
+
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    text = dump_params(preset_params("quick")).replace("train:\n  steps: 600\n", "train:\n  steps: 600\n  steps: 5\n")
+    path.write_text(text)
+    line = text.splitlines().index("  steps: 5") + 1
+    with pytest.raises(
+        ConfigError, match=rf"params.yaml: not valid YAML: line {line}, column 3: duplicate key 'steps'"
+    ):
+        load_params(path)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("override", ["train.lr=1e-4", "train.steps=7", "evaluate.vid4=off", "evaluate.vid4=on"])
+def test_params_survive_dvcs_yaml_round_trip(name: str, override: str, tmp_path: Path) -> None:
+    """``dvc exp run -S`` rewrites params.yaml with DVC's YAML 1.2 serializer (the same
+    ``apply_overrides`` it calls): 'off' loses its quotes, 1e-4 stays without a dot."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text(dump_params(preset_params(name)))
+    apply_overrides(path, [override])
+    key, _, raw = override.partition("=")
+    value = yaml.safe_load(raw) if key != "evaluate.vid4" else raw
+    if key == "train.lr":
+        value = 1e-4
+    assert load_params(path).to_dict() == set_key(preset_params(name), key, value)
+    # A plain rewrite by DVC (its own dump of what it loaded) changes nothing either.
+    apply_overrides(path, [])
+    assert load_params(path).to_dict() == set_key(preset_params(name), key, value)

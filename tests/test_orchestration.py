@@ -13,6 +13,8 @@ import pytest
 
 from pipeline_repo import make_repo, run, tool_env
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.slow
 
 STAGE_FLOWS = {"ingest", "degrade", "optical-flow", "patches", "pretrain", "train", "evaluate", "register", "sample"}
@@ -185,3 +187,27 @@ def test_flow_parameters_edit_the_repo_params_instead_of_replacing_them(
     assert (tmp_path / "params.yaml").read_text() == text
     assert tt.write_run_params(out, tt.current_params())
     assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_stage_ended_by_a_signal_stops_its_temporary_prefect_server(tmp_path: Path, sig: str) -> None:
+    import signal
+    import time
+
+    code = "import flows.common as c, time; c._SERVER.wait(90); print('up', flush=True); time.sleep(120)"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        assert subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "uvicorn"], capture_output=True).returncode == 0
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while left := subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split():
+            assert time.monotonic() < deadline, f"left running after {sig}: {left}"
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], capture_output=True)
