@@ -66,6 +66,7 @@ class UpscaleReport:
     # Frames per second from the first frame written to the last: the pipeline's pace without
     # the start-up (model load, the first window, a torch.compile).
     steady_fps: float = 0.0
+    interlaced: str | None = None  # the input's field order when interlaced (upscaled as stored)
 
 
 def resolve_model(spec: str | None, root: Path | None = None) -> Path:
@@ -282,6 +283,17 @@ def upscale_video(
             "variable frame rate input is not supported: convert it to a constant rate first "
             "(ffmpeg -i IN -fps_mode cfr OUT) so every frame keeps its time",
         )
+    interlaced = getattr(info, "field_order", None)
+    if interlaced:
+        # Each stored frame weaves two fields captured 1/(2 fps) apart; the network, trained
+        # on progressive video, upscales the combing with the picture. Kept as stored (no
+        # silent change of frame count or rate), said in the log and the report.
+        log.warning(
+            "%s: interlaced input (%s): frames are upscaled as stored, combing included; "
+            "deinterlace first for a clean result (ffmpeg -i IN -vf bwdif OUT)",
+            input_path,
+            interlaced,
+        )
     _check_distinct(input_path, output_path, weights_video)
     _check_output(output_path, overwrite)
     if weights_video is not None:
@@ -372,7 +384,7 @@ def upscale_video(
     )
     steady = (written - 1) / (last_at - first_at) if written > 1 and last_at > first_at else 0.0
     return UpscaleReport(
-        str(input_path), str(output_path), written, secs, written / max(secs, 1e-9), r, has_audio, steady
+        str(input_path), str(output_path), written, secs, written / max(secs, 1e-9), r, has_audio, steady, interlaced
     )
 
 

@@ -128,6 +128,7 @@ class VideoInfo:
     stream_index: int = 0  # index of the decoded video stream in the file
     audio_codecs: tuple[str, ...] = ()  # codec of each audio stream, in file order
     subtitle_codecs: tuple[str, ...] = ()  # codec of each subtitle stream, in file order
+    field_order: str | None = None  # "top first", "bottom first", ... for interlaced video; None: progressive/unknown
 
     @property
     def color(self) -> dict[str, str | None]:
@@ -232,6 +233,7 @@ def probe(path: str | Path) -> VideoInfo:
         stream_index=video.index,
         audio_codecs=tuple(s.codec for s in streams if s.kind == "Audio"),
         subtitle_codecs=tuple(s.codec for s in streams if s.kind == "Subtitle"),
+        field_order=_parse_field_order(fields[1] if len(fields) > 1 else ""),
     )
 
 
@@ -325,6 +327,19 @@ def _parse_pix_fmt(field: str) -> tuple[str, dict[str, str | None]]:
         elif token and not token.startswith(_FIELD_ORDERS) and token != "unknown":
             color["space"] = color["primaries"] = color["transfer"] = token
     return name.strip(), color
+
+
+def _parse_field_order(field: str) -> str | None:
+    """The interlaced field order printed in the pixel-format field (None when progressive or untold).
+
+    >>> _parse_field_order("yuv420p(tv, bt709, top first)"), _parse_field_order("yuv420p(progressive)")
+    ('top first', None)
+    """
+    _, _, rest = field.partition("(")
+    for token in _split_top_level(rest[:-1]) if rest.endswith(")") else []:
+        if token.startswith(_FIELD_ORDERS) and token != "progressive":
+            return token
+    return None
 
 
 def _field_value(fields: list[str], unit: str) -> str | None:
@@ -840,6 +855,9 @@ class VideoWriter:
         self.frames_written = 0
         self._frame_shape = (height, width, 3)
         self._video_options, self._scale = self._encoder_options(codec, crf, preset, lossless, pix_fmt, color)
+        problem = _container_problem(self.path.suffix.lower(), str(self._video_options["c:v"]))
+        if problem:
+            raise InputError(self.path, problem)
         self._sar = sample_aspect_ratio
         self._audio_from = Path(audio_from) if audio_from is not None else None
         self._audio_duration = audio_duration
@@ -1156,6 +1174,27 @@ def _color_tags(color: dict[str, str | None] | None) -> dict[str, str | None]:
     if tags["space"] not in _SCALE_MATRIX:
         raise ValueError(f"color['space'] must be one of {sorted(_SCALE_MATRIX)}, got {tags['space']!r}")
     return tags
+
+
+@functools.cache
+def _container_problem(suffix: str, codec: str) -> str | None:
+    """Why this ffmpeg cannot write ``codec`` video into a ``suffix`` file, or None if it can.
+
+    Checked before any frame is decoded (one encoded test frame, cached per process), so an
+    unknown container such as ``.xyz`` is named as such instead of failing later.
+    """
+    with tempfile.TemporaryDirectory(prefix="tanet-mux-") as tmp:
+        cmd = [ffmpeg_exe(), *_QUIET, "-f", "lavfi", "-i", "color=s=16x16:d=0.04", "-frames:v", "1"]
+        cmd += ["-c:v", codec, "-y", str(Path(tmp) / f"check{suffix}")]
+        proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S)
+    if proc.returncode == 0:
+        return None
+    err = proc.stderr.decode(errors="replace")
+    if "Unable to choose an output format" in err or "Unable to find a suitable output format" in err:
+        return f"unknown video container {suffix!r}: use .mp4, .mkv, .mov, .webm, ... (or no suffix for a frame folder)"
+    if "Unknown encoder" in err or "Encoder not found" in err:
+        return f"this ffmpeg has no {codec!r} encoder"
+    return f"this ffmpeg cannot put {codec} video into a {suffix} file"
 
 
 def _can_mux(source: Path, selector: str, codec: str, suffix: str) -> bool:

@@ -31,6 +31,15 @@ def _testsrc(size: tuple[int, int] = SIZE, fps: Fraction | int | str = 25, sourc
     return ["-f", "lavfi", "-i", f"{source}=size={size[0]}x{size[1]}:rate={Fraction(fps)}"]
 
 
+def interlaced_mp4(path: Path, *, size: tuple[int, int] = SIZE, frames: int = FRAMES) -> Path:
+    """H.264 coded interlaced (top field first), as broadcast and camcorder footage is."""
+    ffmpeg(
+        *_testsrc(size, 25), "-frames:v", str(frames), *X264, "-pix_fmt", "yuv420p",
+        "-flags", "+ilme+ildct", "-x264-params", "tff=1", "-field_order", "tt", str(path),
+    )  # fmt: skip
+    return path
+
+
 def h264_mp4(
     path: Path,
     *,

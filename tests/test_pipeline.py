@@ -54,8 +54,55 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline: dict[str, object
 def test_second_repro_is_a_no_op(tiny_pipeline: dict[str, object]) -> None:
     repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
     res = run(["dvc", "repro"], repo)
-    assert _ran(res.stdout) == []
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+    # Only the source listing runs (always_changed, by design); its output is unchanged, so
+    # no stage after it does.
+    assert _ran(res.stdout) == ["sources"]
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in res.stdout
+    status = run(["dvc", "status"], repo).stdout
+    assert "changed" not in status.replace("always changed", ""), status
+
+
+def test_a_clip_added_to_an_ingest_paths_folder_makes_ingest_stale(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    import media_factory as mf
+    from tanet.config import dump_params, preset_params
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    folder = tmp_path / "my_clips"
+    mf.frame_folder(folder / "one", frames=5)
+    real = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
+    stages = {
+        "sources": real["stages"]["sources"],
+        "ingest": {
+            "cmd": "cp data/sources.json data/ingested.json",
+            "deps": ["data/sources.json"],
+            "outs": ["data/ingested.json"],
+        },
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    params = preset_params("tiny", {"ingest.embedded": [], "ingest.paths": [str(folder)], "ingest.val_clips": ["one"]})
+    (repo / "params.yaml").write_text(dump_params(params))
+    (repo / "data").mkdir()
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, repo)
+    assert _ran(run(["dvc", "repro"], repo).stdout) == ["sources", "ingest"]
+    assert _ran(run(["dvc", "repro"], repo).stdout) == ["sources"]  # nothing new: ingest stays
+    mf.frame_folder(folder / "two", frames=5)
+    assert _ran(run(["dvc", "repro"], repo).stdout) == ["sources", "ingest"]
+    listing = json.loads((repo / "data/ingested.json").read_text())
+    assert [r["clip_id"] for r in listing] == ["one", "two"]
+    edited = folder / "two" / "00000001.png"
+    edited.write_bytes(edited.read_bytes() + b"\0")  # same name, other content
+    assert _ran(run(["dvc", "repro"], repo).stdout) == ["sources", "ingest"]
+    shutil.rmtree(folder / "two")
+    res = run(["dvc", "repro"], repo)  # back to the first listing: DVC restores ingest's output from its run-cache
+    assert "didn't change" not in res.stdout.split("'ingest'")[1][:40], res.stdout
+    assert [r["clip_id"] for r in json.loads((repo / "data/ingested.json").read_text())] == ["one"]
 
 
 def test_metrics_show_prints_the_tables(tiny_pipeline: dict[str, object]) -> None:

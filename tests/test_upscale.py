@@ -360,3 +360,44 @@ def test_a_legal_250_byte_output_name_works(tmp_path: Path, model_dir: Path, kin
     assert res.returncode == 0, res.stderr
     assert (count_frames(out) if kind == "video" else len(list_frames(out))) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_full_disk_on_a_frame_folder_output_names_the_file_and_leaves_nothing(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """RLIMIT_FSIZE stands in for a full disk: writes past it fail (EFBIG, SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(64, 48), frames=3, audio=False)
+    out = tmp_path / "frames_out"
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # a 256x192 PNG is larger
+
+    res = subprocess.run(
+        [sys.executable, "-m", "tanet.cli", "upscale", str(src), str(out), "--model", str(model_dir), "-q"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+    )
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("tanet: error:") and "File too large" in lines[0] and "00000000.png" in lines[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_interlaced_input_is_upscaled_as_stored_with_a_warning_and_a_report_field(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    import json
+
+    src = mf.interlaced_mp4(tmp_path / "tff.mp4", size=(32, 24), frames=4)
+    assert probe(src).field_order == "top first"
+    assert probe(mf.h264_mp4(tmp_path / "p.mp4", size=(16, 16), frames=2, audio=False)).field_order is None
+    res = _tanet("upscale", src, tmp_path / "out.mp4", "--model", model_dir, "-q")
+    assert res.returncode == 0, res.stderr
+    assert "interlaced input (top first)" in res.stderr and "bwdif" in res.stderr
+    assert json.loads(res.stdout)["interlaced"] == "top first"
+    assert count_frames(tmp_path / "out.mp4") == 4

@@ -484,3 +484,11 @@ def test_writer_validates_frames_and_refuses_empty_output(tmp_path: Path) -> Non
     with pytest.raises(TypeError, match="Fraction"):
         VideoWriter(out, 16, 16, 29.97)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_container_or_unfit_codec_is_named_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"out.xyz: unknown video container '.xyz'"):
+        VideoWriter(tmp_path / "out.xyz", 16, 16, 25)
+    with pytest.raises(InputError, match=r"cannot put libx264 video into a .webm file"):
+        VideoWriter(tmp_path / "out.webm", 16, 16, 25)
+    assert list(tmp_path.iterdir()) == []
