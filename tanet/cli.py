@@ -109,9 +109,19 @@ def cmd_register(args: argparse.Namespace) -> int:
     """``tanet register --model-dir DIR --eval eval.json``: register existing weights anywhere."""
     from tanet.registry import register_model, write_registration
 
+    if args.model is not None:
+        from tanet.shipped import read_card, shipped_dir
+
+        model_dir, evaluation = shipped_dir(args.model), read_card(args.model)["eval"]
+    elif args.eval is None:
+        raise TanetError("register: --model-dir needs --eval (the model's eval.json)")
+    else:
+        model_dir, evaluation = args.model_dir, None
+    if args.eval is not None:
+        evaluation = json.loads(Path(args.eval).read_text())
     record = register_model(
-        args.model_dir,
-        json.loads(Path(args.eval).read_text()),
+        model_dir,
+        evaluation,
         model_name=args.name,
         metric=args.metric,
         min_gain=args.min_gain,
@@ -185,6 +195,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if not st["running"] or (st["prefect_healthy"] and st["mlflow_healthy"]) else 1
 
 
+MODEL_HELP = (
+    "a model folder (an existing path of that name wins), a shipped name (tanet-s, tanet-l, tanet-s-bd), "
+    "models:/NAME@ALIAS or runs:/ID/model (default: the registry's models:/tanet@champion where there is a "
+    "tracking store: MLFLOW_TRACKING_URI, or a repo's mlflow.db; else the shipped tanet-s)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     ap = argparse.ArgumentParser(prog="tanet", description="Video super-resolution that learns temporal dynamics.")
@@ -216,9 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="upscale a video or frame folder with a trained model")
     p.add_argument("input", type=Path, help="video file or frame folder")
     p.add_argument("output", type=Path, help="video file (suffix picks the container) or frame folder")
-    p.add_argument(
-        "--model", default=None, help="models:/NAME@ALIAS, runs:/ID/model, or a path (default: models:/tanet@champion)"
-    )
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--tile", type=int, default=0, help="LR tile side for the SR network (0: whole frames)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -242,14 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-onnx", help="export the model's network to ONNX (checked against PyTorch)")
     p.add_argument("output", type=Path)
-    p.add_argument("--model", default=None, help="as for upscale")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("register", help="register trained weights in an MLflow registry")
-    p.add_argument("--model-dir", required=True, type=Path)
-    p.add_argument("--eval", required=True, type=Path, help="eval.json of the model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-dir", type=Path, help="a trained model folder (with --eval)")
+    which.add_argument("--model", help="a shipped name (tanet-s, ...): its card's figures are the evaluation")
+    p.add_argument("--eval", type=Path, default=None, help="eval.json of the model (default: the shipped card's)")
     p.add_argument("--name", default="tanet")
     p.add_argument("--metric", default="psnr", choices=["psnr", "ssim"])
     p.add_argument("--min-gain", type=float, default=0.0)

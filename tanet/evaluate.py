@@ -49,6 +49,7 @@ from tanet.inference import StandaloneBranch, Upscaler, edge_window, weight_map_
 from tanet.metrics import clip_motion, temporal_flicker, y_psnr_ssim
 from tanet.models.vsr import VSRNet
 from tanet.modelio import load_model_dir
+from tanet.video import lanczos_upscale
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,10 @@ def run_methods(
 ) -> tuple[dict[str, list[np.ndarray]], np.ndarray | None]:
     """Every method's HR frames for a clip, and the joint network's weights at the middle frame."""
     cfg = joint.cfg
-    outputs: dict[str, list[np.ndarray]] = {"bicubic": bicubic_frames(clip, cfg.scale)}
+    outputs: dict[str, list[np.ndarray]] = {
+        "bicubic": bicubic_frames(clip, cfg.scale),
+        "lanczos": lanczos_upscale(clip.lr, cfg.scale),  # ffmpeg's scaler: what video engineers use today
+    }
     up = Upscaler(joint, device=device, tile=tile, flow_method=flow_method, flow_preset=flow_preset)
     prepared = [up.prepare(f) for f in clip.lr]
     half, mid = cfg.num_frames // 2, len(clip.lr) // 2

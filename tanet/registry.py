@@ -5,11 +5,13 @@ The model is logged with its weights folder as an artifact, the ``tanet`` packag
 (``(-1, -1, -1, 3)`` uint8 in and out), an input example and pinned requirements. It is
 registered as ``register.model_name`` (``tanet``) and gets the alias ``candidate``.
 
-Champion rule: the candidate takes the ``champion`` alias when there is no champion yet, or
-when its ``register.metric`` beats the champion's by more than ``register.min_gain`` on the
-first dataset both were evaluated on, in the order Vid4, Vid4 reference LR, held-out clips.
-Dataset names carry degradation and scale (``vid4_BIx4``), so only like is compared with
-like; with no dataset in common the champion stays.
+Champion rule (the gate): only the candidate's validation clips count (``heldout_*``
+datasets; never Vid4, the test set). The candidate must beat bicubic there by more than
+``register.min_gain``: a model worse than bicubic never becomes champion, even on a fresh
+store. It then takes the ``champion`` alias when there is no champion yet, or when its
+``register.metric`` beats the champion's by more than ``register.min_gain`` on the same
+validation dataset (names carry degradation and scale, ``heldout_BIx4``, so only like is
+compared with like; with none in common the champion stays).
 
 Version tags: git commit, the hash of the training shards, scale, degradation, alignment,
 the licences of the training data, the flattened params, and every evaluation score
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 _REQUIREMENTS = ("torch", "numpy", "opencv-python-headless", "safetensors", "pyyaml")
-DATASET_ORDER = ("vid4_", "vid4ref_", "heldout_")
 
 
 def pinned_requirements() -> list[str]:
@@ -57,30 +58,48 @@ def _signature() -> Any:
     return ModelSignature(inputs=Schema([spec]), outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]))
 
 
-def scores_from_tags(tags: dict[str, str], metric: str) -> dict[str, float]:
-    """``{dataset: score}`` of the ``tanet`` method from a model version's tags."""
+def scores_from_tags(tags: dict[str, str], metric: str, method: str = "tanet") -> dict[str, float]:
+    """``{dataset: score}`` of one method (the model: ``tanet``) from a model version's tags."""
     out = {}
     for key, value in tags.items():
         parts = key.split(".")
-        if len(parts) == 4 and parts[0] == "eval" and parts[2] == "tanet" and parts[3] == metric:
+        if len(parts) == 4 and parts[0] == "eval" and parts[2] == method and parts[3] == metric:
             out[parts[1]] = float(value)
     return out
 
 
+VALIDATION_PREFIX = "heldout_"  # the datasets the gate reads: the candidate's validation clips
+
+
 def champion_decision(
-    candidate: dict[str, float], champion: dict[str, float] | None, min_gain: float
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    min_gain: float,
+    bicubic: dict[str, float] | None = None,
 ) -> tuple[bool, str]:
-    """Whether the candidate becomes champion, and why (pure; see the module docstring)."""
+    """Whether the candidate becomes champion, and why (pure; see the module docstring).
+
+    Args:
+        candidate: the candidate's scores per dataset.
+        champion: the champion's scores per dataset (None: no champion yet).
+        min_gain: the margin over bicubic and over the champion.
+        bicubic: bicubic's scores per dataset on the candidate's evaluation (required to promote).
+    """
+    val = sorted(d for d in candidate if d.startswith(VALIDATION_PREFIX))
+    if not val:
+        return False, f"no validation figure (datasets {sorted(candidate)}; the gate never reads Vid4)"
+    ds = val[0]
+    cand = candidate[ds]
+    floor = (bicubic or {}).get(ds)
+    if floor is None:
+        return False, f"{ds}: no bicubic figure to compare with"
+    if not cand > floor + min_gain:
+        return False, f"{ds}: {cand:.4f} does not beat bicubic {floor:.4f} + {min_gain}"
     if champion is None:
-        return True, "no champion yet"
-    common = [d for prefix in DATASET_ORDER for d in sorted(candidate) if d.startswith(prefix) and d in champion]
-    if not common:
-        return (
-            False,
-            f"no dataset in common with the champion (candidate {sorted(candidate)}, champion {sorted(champion)})",
-        )
-    ds = common[0]
-    cand, champ = candidate[ds], champion[ds]
+        return True, f"no champion yet; {ds}: {cand:.4f} > bicubic {floor:.4f} + {min_gain}"
+    if ds not in champion:
+        return False, f"no validation dataset in common with the champion (candidate {ds}, champion {sorted(champion)})"
+    champ = champion[ds]
     if cand > champ + min_gain:
         return True, f"{ds}: {cand:.4f} > champion {champ:.4f} + {min_gain}"
     return False, f"{ds}: {cand:.4f} does not beat champion {champ:.4f} + {min_gain}"
@@ -167,8 +186,9 @@ def register_model(
         champ = client.get_model_version(model_name, str(aliases[CHAMPION]))
         champion_version = str(champ.version)
         champion_scores = scores_from_tags(champ.tags, metric)
+    own = {k: str(v) for k, v in tags.items()}
     promote, reason = champion_decision(
-        scores_from_tags({k: str(v) for k, v in tags.items()}, metric), champion_scores, min_gain
+        scores_from_tags(own, metric), champion_scores, min_gain, scores_from_tags(own, metric, "bicubic")
     )
     if promote:
         client.set_registered_model_alias(model_name, CHAMPION, version)

@@ -47,6 +47,16 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+def embedded_store(root: Path | None = None) -> Path | None:
+    """The repo's embedded ``mlflow.db`` when there is a repo (a ``dvc.yaml`` here or above) and it exists."""
+    here = (root or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            db = folder / "mlflow.db"
+            return db if db.is_file() else None
+    return None
+
+
 def tracking_uri(root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` or the embedded SQLite store of the repo."""
     env = os.environ.get("MLFLOW_TRACKING_URI")

@@ -45,7 +45,8 @@ from tanet.video import FrameFolderWriter, VideoWriter, check_replaceable_frame_
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "models:/tanet@champion"
+CHAMPION_URI = "models:/tanet@champion"
+DEFAULT_SHIPPED = "tanet-s"  # the default model outside a repo with no tracking store
 # compile="auto" compiles the network for clips at least this long: the compile (about 25 s
 # on 2 CPU cores, less from Inductor's cache) saves ~20-30 ms a 720p frame there.
 COMPILE_AUTO_FRAMES = 1000
@@ -69,17 +70,41 @@ class UpscaleReport:
     interlaced: str | None = None  # the input's field order when interlaced (upscaled as stored)
 
 
+def default_model(root: Path | None = None) -> str:
+    """What ``--model`` means when it is not given.
+
+    The active registry's champion where there is a store (``MLFLOW_TRACKING_URI`` set, or a
+    repo whose embedded ``mlflow.db`` exists); otherwise the shipped ``tanet-s``, so a plain
+    ``tanet upscale IN OUT`` outside a repo reads nothing but the package and writes nothing
+    but its output. An unreachable server stays an error, never a silent fallback.
+    """
+    from tanet.tracking import embedded_store
+
+    if os.environ.get("MLFLOW_TRACKING_URI") or embedded_store(root) is not None:
+        return CHAMPION_URI
+    return DEFAULT_SHIPPED
+
+
 def resolve_model(spec: str | None, root: Path | None = None) -> Path:
-    """A local model folder for ``--model``: a ``models:/``/``runs:/`` URI, an MLflow model or a model folder.
+    """A local model folder for ``--model``.
 
     Args:
-        spec: None (the registry's champion), a model URI or a path.
+        spec: None (:func:`default_model`), an existing path (a model folder or an MLflow
+            model folder; a path wins over a shipped name), a shipped name (``tanet-s``,
+            ``tanet-l``, ``tanet-s-bd``) or a ``models:/``/``runs:/`` URI.
         root: repo root (for the embedded tracking store).
 
     Raises:
-        TanetError: the URI does not resolve or the path is not a model.
+        TanetError: the URI does not resolve, the name is not shipped here, or the path is
+            not a model.
     """
-    spec = spec or DEFAULT_MODEL
+    from tanet.shipped import is_shipped_name, shipped_dir
+
+    spec = spec or default_model(root)
+    if Path(spec).exists():
+        return _model_dir_of(Path(spec), spec)
+    if is_shipped_name(spec):
+        return shipped_dir(spec)
     if spec.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         from tanet.tracking import configure_mlflow, tracking_uri
 
@@ -92,10 +117,7 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
                 f"model {spec} does not resolve in the tracking store {tracking_uri(root)}: {first}"
             ) from None
         return _model_dir_of(local, spec)
-    path = Path(spec)
-    if not path.exists():
-        raise TanetError(f"model {spec}: no such file or folder (and not a models:/ or runs:/ URI)")
-    return _model_dir_of(path, spec)
+    raise TanetError(f"model {spec}: no such file or folder (and not a shipped name or a models:/ or runs:/ URI)")
 
 
 def _model_dir_of(path: Path, spec: str) -> Path:
@@ -239,8 +261,8 @@ def upscale_video(
     Args:
         input_path: video file or frame folder.
         output_path: video file (suffix picks the container) or frame folder (no suffix).
-        model: ``models:/...``, ``runs:/...``, an MLflow model folder or a model folder
-            (None: ``models:/tanet@champion``).
+        model: ``models:/...``, ``runs:/...``, a shipped name, an MLflow model folder or a
+            model folder (None: see :func:`default_model`).
         tile: LR tile side for the SR network (0: whole frames).
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16``.

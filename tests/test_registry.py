@@ -18,16 +18,34 @@ def _eval(ds: str, psnr: float) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def test_champion_rule_is_pure_and_compares_like_with_like() -> None:
-    assert champion_decision({"heldout_BIx4": 30.0}, None, 0.0)[0]
-    assert champion_decision({"vid4_BIx4": 25.1, "heldout_BIx4": 20}, {"vid4_BIx4": 25.0, "heldout_BIx4": 30}, 0.0)[0]
-    promote, why = champion_decision({"vid4_BIx4": 25.0}, {"vid4_BIx4": 25.0}, 0.0)
+    bic = {"heldout_BIx4": 25.0, "vid4_BIx4": 23.0}
+    assert champion_decision({"heldout_BIx4": 30.0}, None, 0.0, bic)[0]
+    # Vid4 (the test set) never decides: a better Vid4 figure with a worse validation one stays out.
+    promote, why = champion_decision(
+        {"vid4_BIx4": 25.1, "heldout_BIx4": 29}, {"vid4_BIx4": 25.0, "heldout_BIx4": 30}, 0.0, bic
+    )
+    assert not promote and "heldout_BIx4: 29.0000 does not beat champion 30.0000" in why
+    promote, why = champion_decision({"vid4_BIx4": 26.0}, None, 0.0, bic)
+    assert not promote and "never reads Vid4" in why
+    promote, why = champion_decision({"heldout_BIx4": 30.0}, {"heldout_BIx4": 30.0}, 0.0, bic)
     assert not promote and "does not beat" in why
-    assert not champion_decision({"vid4_BIx4": 25.05}, {"vid4_BIx4": 25.0}, 0.1)[0]
-    promote, why = champion_decision({"vid4_BDx4": 30.0}, {"vid4_BIx4": 20.0}, 0.0)
-    assert not promote and "no dataset in common" in why
+    assert not champion_decision({"heldout_BIx4": 30.05}, {"heldout_BIx4": 30.0}, 0.1, bic)[0]
+    promote, why = champion_decision({"heldout_BDx4": 30.0}, {"heldout_BIx4": 20.0}, 0.0, {"heldout_BDx4": 25.0})
+    assert not promote and "no validation dataset in common" in why
     assert scores_from_tags({"eval.vid4_BIx4.tanet.psnr": "25.5", "eval.vid4_BIx4.bicubic.psnr": "23"}, "psnr") == {
         "vid4_BIx4": 25.5
     }
+    assert scores_from_tags({"eval.vid4_BIx4.bicubic.psnr": "23"}, "psnr", "bicubic") == {"vid4_BIx4": 23.0}
+
+
+def test_a_candidate_below_bicubic_never_becomes_champion(tmp_path: Path, mlflow_store: str) -> None:
+    """A 4-step model at 14.70 dB where bicubic gives 31.08 dB, on a fresh store: a candidate, never champion."""
+    ev = {"heldout_BIx4": {"tanet": {"psnr": 14.70, "ssim": 0.3}, "bicubic": {"psnr": 31.08, "ssim": 0.9}}}
+    kw = {"model_name": "tanet", "metric": "psnr", "min_gain": 0.0, "root": tmp_path}
+    record = register_model(make_model_dir(tmp_path / "m", seed=1), ev, **kw)
+    assert record["aliases"] == ["candidate"] and record["champion_version"] is None
+    assert "does not beat bicubic 31.0800" in record["decision"]
+    assert not champion_decision({"heldout_BIx4": 14.70}, None, 0.0, None)[0]  # no bicubic figure: never
 
 
 def test_register_moves_champion_only_when_beaten(tmp_path: Path, mlflow_store: str) -> None:
@@ -120,3 +138,26 @@ def test_register_cli_then_upscale_without_model_pulls_the_champion(tmp_path: Pa
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list_frames(tmp_path / "out_x4")) == 3
+
+
+def test_register_a_shipped_model_by_name(tmp_path: Path, mlflow_store: str) -> None:
+    """`tanet register --model tanet-s` logs the shipped weights as a version, its card's
+    figures as the evaluation and its licences as tags."""
+    import os
+
+    import mlflow
+
+    from tanet.shipped import read_card
+
+    res = subprocess.run(
+        [sys.executable, "-m", "tanet.cli", "register", "--model", "tanet-s", "-o", "reg.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = json.loads((tmp_path / "reg.json").read_text())
+    assert record["version"] == "1"
+    tags = mlflow.MlflowClient(mlflow_store).get_model_version("tanet", "1").tags
+    assert json.loads(tags["tanet.licences"]) == read_card("tanet-s")["data"]["licences"]

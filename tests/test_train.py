@@ -434,12 +434,18 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypa
 
 # -- crash and resume (subprocesses) ------------------------------------------------------
 CRASH_CASES = {
-    # pretraining of branch 2 on ROF-aligned windows
+    # pretraining of branch 2 on ROF-aligned windows, from scratch (alone: not grown from branch 1)
     "branch": (
         ["pretrain", "--branch", "2"],
         "pre/branch_2",
         "ckpt/pretrain/branch_2",
-        {"pretrain.steps": 24, "pretrain.checkpoint_every": 4, "pretrain.log_every": 4, "pretrain.val_frames": 1},
+        {
+            "pretrain.steps": 24,
+            "pretrain.checkpoint_every": 4,
+            "pretrain.log_every": 4,
+            "pretrain.val_frames": 1,
+            "pretrain.init_from_branch1": False,
+        },
     ),
     # the joint network with SAN alignment and the theta loss, from scratch
     "joint_san": (

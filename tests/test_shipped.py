@@ -1,0 +1,129 @@
+"""Shipped models: names resolve on a fresh install, each card's figures are reproducible."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import media_factory as mf
+from conftest import SHARED, make_model_dir
+from tanet.errors import TanetError
+from tanet.shipped import CARD, SHIPPED_NAMES, available, crop_psnr, read_card, shipped_dir, weights_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = available()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    return {**env, **extra}
+
+
+def _tanet(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tanet.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or _clean_env(),
+    )
+
+
+def test_tanet_s_is_shipped() -> None:
+    assert "tanet-s" in SHIPPED, "the package must ship tanet-s (weights + card)"
+
+
+def test_a_known_name_that_is_not_shipped_and_an_unknown_name_are_clear_errors() -> None:
+    with pytest.raises(TanetError, match="not a shipped model"):
+        shipped_dir("tanet-xl")
+    for name in set(SHIPPED_NAMES) - set(SHIPPED):
+        with pytest.raises(TanetError, match="not shipped in this version"):
+            shipped_dir(name)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_names_the_weights_and_what_the_issue_asks_for(name: str) -> None:
+    card = read_card(name)
+    folder = shipped_dir(name)
+    assert card["sha256"] == weights_sha256(folder)
+    for key in ("architecture", "parameters", "data", "terms", "schedule", "device", "wall_time", "git_commit"):
+        assert card[key], key
+    assert card["data"]["licences"] and "non-commercial" in card["terms"]
+    assert {"val_psnr", "val_psnr_bicubic"} <= set(card["validation"])
+    assert (folder / "README.md").read_text().startswith(f"# {name}")
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["degradation"] == SHIPPED_NAMES[name][1] == card["degradation"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_crop_figure_is_recomputed_within_a_hundredth_of_a_db(name: str) -> None:
+    vid4 = SHARED / "data/vid4/GT"
+    if not vid4.is_dir():
+        pytest.skip("../shared/data/vid4 is not beside the repo")
+    card = read_card(name)
+    crop = card["crop"]
+    assert crop["clip"] == "vid4/calendar"
+    got = crop_psnr(
+        shipped_dir(name), vid4 / "calendar", crop["frames"], tuple(crop["box"]), degradation=card["degradation"]
+    )
+    assert got == pytest.approx(crop["psnr"], abs=0.01)
+
+
+def test_upscale_with_a_shipped_name_outside_a_repo_writes_only_the_output(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    src = mf.h264_mp4(work / "in.mp4", size=(24, 16), frames=3, audio=False)
+    for args in (["--model", "tanet-s"], []):  # the default outside a repo with no store is tanet-s
+        out = work / f"out{len(args)}.mp4"
+        res = _tanet("upscale", src, out, *args, "-q", cwd=work)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["frames"] == 3
+    assert sorted(p.name for p in work.iterdir()) == ["in.mp4", "out0.mp4", "out2.mp4"]  # no mlflow.db, no mlruns
+
+
+def test_a_path_named_like_a_shipped_model_wins(tmp_path: Path) -> None:
+    make_model_dir(tmp_path / "tanet-s", alignment="none", scale=2)
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(24, 16), frames=2, audio=False)
+    res = _tanet("upscale", src, tmp_path / "out.mp4", "--model", "tanet-s", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["scale"] == 2  # the local x2 folder, not the shipped x4 model
+    assert "an existing path of that name wins" in _tanet("upscale", "--help", cwd=tmp_path).stdout
+
+
+def test_upscale_default_in_a_repo_with_a_store_is_the_champion_and_an_outage_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "mlflow.db").write_bytes(b"")  # a store exists: the champion is asked for, never tanet-s
+    src = mf.h264_mp4(tmp_path / "in.mp4", size=(24, 16), frames=2, audio=False)
+    res = _tanet("upscale", src, tmp_path / "out.mp4", "-q", cwd=tmp_path)
+    assert res.returncode == 2 and "models:/tanet@champion" in res.stderr
+    env = _clean_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    res = _tanet("upscale", src, tmp_path / "out.mp4", "-q", cwd=tmp_path / "..", env=env)
+    assert res.returncode == 2 and "not reachable" in res.stderr  # no silent fallback to tanet-s
+
+
+def test_export_onnx_takes_a_shipped_name(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    res = _tanet("export-onnx", tmp_path / "m.onnx", "--model", "tanet-s", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "m.onnx").stat().st_size > 100_000
+
+
+@pytest.mark.slow
+def test_the_built_wheel_contains_every_shipped_model_and_card(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    wheel = next(tmp_path.glob("tanet-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in SHIPPED:
+        for f in ("model.safetensors", "model.json", CARD, "README.md"):
+            assert f"tanet/weights/{name}/{f}" in names, (name, f)
