@@ -81,12 +81,15 @@ def test_pyfunc_loads_in_a_fresh_process(tmp_path: Path, mlflow_store: str) -> N
         "m = mlflow.pyfunc.load_model('models:/tanet@champion')\n"
         "x = np.random.default_rng(0).integers(0, 256, (3, 17, 23, 3), dtype=np.uint8)\n"
         "y = m.predict(x)\n"
+        "small = [list(m.predict(np.full((2, h, w, 3), 90, np.uint8)).shape) for h, w in ((2, 3), (11, 11), (8, 64))]\n"
         "sig = m.metadata.signature.inputs.to_dict()\n"
-        "print(json.dumps({'shape': list(y.shape), 'dtype': str(y.dtype), 'sig': sig}))\n"
+        "print(json.dumps({'shape': list(y.shape), 'dtype': str(y.dtype), 'sig': sig, 'small': small}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["shape"] == [3, 68, 92, 3] and res["dtype"] == "uint8"
+    # Frames of any size the signature admits, ROF alignment included (DIS cannot take these alone).
+    assert res["small"] == [[2, 8, 12, 3], [2, 44, 44, 3], [2, 32, 256, 3]]
     assert res["sig"][0]["tensor-spec"]["shape"] == [-1, -1, -1, 3]
 
 
