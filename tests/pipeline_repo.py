@@ -37,6 +37,7 @@ def project_files() -> list[str]:
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     skip = (
+        "checkpoints/",
         "metrics/",
         "plots/",
         "dvc.lock",
