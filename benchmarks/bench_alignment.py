@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tanet.data.patches import read_patch_manifest
@@ -44,7 +45,7 @@ def main() -> None:
                 continue
             counts[source] += len(idx)
 
-            def planes(name: str, idx: np.ndarray = idx) -> np.ndarray:
+            def planes(name: str, idx: np.ndarray = idx, table: pa.Table = table) -> np.ndarray:
                 col = table.column(name).take(idx).to_pylist()
                 return np.frombuffer(b"".join(col), np.uint8).reshape(len(idx), c, p, p)[:, 0].astype(np.float32)
 
