@@ -211,3 +211,38 @@ def test_a_stage_ended_by_a_signal_stops_its_temporary_prefect_server(tmp_path: 
             time.sleep(0.2)
     finally:
         subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], capture_output=True)
+
+
+def test_a_quarantined_input_is_one_warning_line_in_the_ingest_flow_log(tmp_path: Path) -> None:
+    import media_factory as mf
+    from tanet.config import dump_params, preset_params
+
+    src = tmp_path / "src"
+    src.mkdir()
+    mf.h264_mp4(src / "good.mp4", size=(64, 48), frames=6, audio=False)
+    mf.h264_mp4(src / "train.mp4", size=(64, 48), frames=6, audio=False)
+    mf.text_as_mp4(src / "broken.mp4")
+    params = preset_params("tiny", {"ingest.embedded": [], "ingest.paths": [str(src)], "ingest.val_clips": ["good"]})
+    (tmp_path / "params.yaml").write_text(dump_params(params))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.ingest",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "clips"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    lines = [ln for ln in log.splitlines() if "broken.mp4" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "quarantined" in lines[0], lines
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

@@ -198,13 +198,17 @@ def run_ingest(params: Params, root: Path, out_dir: Path, mapper: Mapper = seria
         raise TanetError("ingest: no sources configured (ingest.embedded, ingest.paths, ingest.include_shared_train)")
     max_scale = max(params.degrade.scales)
     with atomic_dir(out_dir) as tmp:
-        results = mapper(
-            lambda s: ingest_one(
-                s, tmp, ip, min_frames, max_scale, "val" if is_val_clip(s.clip_id, ip.val_clips) else "train"
-            ),
-            sources,
-            [s.clip_id for s in sources],
-        )
+
+        def one(src: Source) -> ClipRecord | InputError | OSError:
+            # Bad input is a result, not a failure: returned, it is one WARNING line below
+            # instead of a task failure with a traceback in the orchestrator's log.
+            try:
+                split = "val" if is_val_clip(src.clip_id, ip.val_clips) else "train"
+                return ingest_one(src, tmp, ip, min_frames, max_scale, split)
+            except (InputError, OSError) as err:
+                return err
+
+        results = mapper(one, sources, [s.clip_id for s in sources])
         records: list[ClipRecord] = []
         quarantine = []
         for src, res in zip(sources, results):
