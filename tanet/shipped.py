@@ -74,7 +74,6 @@ def render_card(card: dict[str, Any]) -> str:
     rows = [
         ("architecture", card["architecture"]),
         ("parameters", f"{card['parameters']:,}"),
-        ("GMAC per frame 320x180 -> 1280x720", card.get("gmac_720p", "")),
         ("degradation", card["degradation"]),
         ("alignment", card["alignment"]),
         ("training data", "; ".join(card["data"]["sources"])),
@@ -89,11 +88,11 @@ def render_card(card: dict[str, Any]) -> str:
     lines += [
         "## Figures (Y-PSNR dB / SSIM, x4, all frames, crop 0)",
         "",
-        "| data | bicubic | model |",
-        "|---|---|---|",
+        "| data | bicubic | ffmpeg lanczos | model |",
+        "|---|---|---|---|",
     ]
     for row in card["figures"]:
-        lines.append(f"| {row['data']} | {row['bicubic']} | {row['model']} |")
+        lines.append(f"| {row['data']} | {row['bicubic']} | {row.get('lanczos', '')} | {row['model']} |")
     crop = card["crop"]
     lines += [
         "",
@@ -195,6 +194,7 @@ def build(
     notes: list[str],
     git_commit: str,
     device: str = "cpu",
+    schedule: str | None = None,
 ) -> Path:
     """Writes ``tanet/weights/<name>/`` from a trained model folder: weights, model.json and the card."""
     import shutil
@@ -243,7 +243,8 @@ def build(
             "licences": meta.get("licences", []),
         },
         "terms": TERMS,
-        "schedule": (
+        "schedule": schedule
+        or (
             f"preset {params.get('preset')}: pretrain {params.get('pretrain', {}).get('steps')} steps per branch, "
             f"joint {params.get('train', {}).get('steps')} steps, batch {params.get('train', {}).get('batch_size')}, "
             f"{params.get('patches', {}).get('patch_size')}x{params.get('patches', {}).get('patch_size')} LR patches"
@@ -255,9 +256,15 @@ def build(
         "vid4": figures,
         "figures": [
             {
+                "data": "validation (the params' held-out clips), Y-PSNR",
+                "bicubic": f"{meta.get('val_psnr_bicubic', float('nan')):.2f}",
+                "model": f"{meta.get('val_psnr', float('nan')):.2f}",
+            },
+            {
                 "data": f"Vid4 {degradation}x{cfg.scale} (our LR from GT), mean of 4 clips",
                 "bicubic": f"{m['bicubic']['psnr']:.2f} / {m['bicubic']['ssim']:.4f}",
-                "model": f"{m['tanet']['psnr']:.2f} / {m['tanet']['ssim']:.4f}",
+                "lanczos": f"{m['lanczos']['psnr']:.2f} / {m['lanczos']['ssim']:.4f}",
+                "model": f"{m['tanet']['psnr']:.2f} / {m['tanet']['ssim']:.4f} (tof {m['tanet'].get('tof', float('nan')):.3f})",
             },
         ],
         "crop": {**CARD_CROP, "psnr": round(crop_value, 4)},
@@ -287,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-desc", required=True, help="where it trained, e.g. '2 vCPU AMD EPYC (CPU)'")
     ap.add_argument("--wall-time", required=True, help="how long it trained, e.g. '2.1 h'")
     ap.add_argument("--summary", default="")
+    ap.add_argument("--schedule", default=None, help="what was trained, when not the whole schedule of its params")
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args(argv)
     folder = build(
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         summary=args.summary,
         notes=args.note,
         git_commit=git_commit(),
+        schedule=args.schedule,
     )
     print(json.dumps(read_card(args.name)["figures"], indent=2))
     print(f"wrote {folder}")

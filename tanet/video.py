@@ -1252,4 +1252,4 @@ def lanczos_upscale(frames: list[np.ndarray], scale: int) -> list[np.ndarray]:
     expected = len(frames) * scale * h * scale * w * 3
     if out.size != expected:
         raise VideoError("lanczos", f"ffmpeg returned {out.size} bytes for {len(frames)} frames, expected {expected}")
-    return list(out.reshape(len(frames), scale * h, scale * w, 3))
+    return list(out.reshape(len(frames), scale * h, scale * w, 3).copy())  # writable, as frames elsewhere
