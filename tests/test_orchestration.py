@@ -31,7 +31,7 @@ def test_deployment_registers_a_new_version_on_the_mlflow_server(tiny_pipeline: 
     code = (
         "import json, mlflow\n"
         "c = mlflow.MlflowClient()\n"
-        "v = c.get_model_version_by_alias('tanet', 'champion')\n"
+        "v = c.get_model_version_by_alias('tanet', 'candidate')\n"
         "print(json.dumps({'version': str(v.version), 'scale': v.tags.get('tanet.scale'), 'uri': mlflow.get_tracking_uri()}))\n"
     )
     out = json.loads(_py(code, Path(tiny_pipeline["repo"]), env))  # type: ignore[arg-type]
