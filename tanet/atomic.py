@@ -98,13 +98,16 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def _start_ticks(pid: int) -> str | None:
-    """Start time of process ``pid`` in clock ticks since boot (``/proc``), or None."""
+def process_start_ticks(pid: int) -> str | None:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc``), or None.
+
+    With the pid it names one process for good: a pid alone is reused by later processes.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), after the command name
+    except (OSError, IndexError):
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of proc(5), after the command name
 
 
 def pid_alive(pid: int) -> bool:
@@ -121,7 +124,7 @@ def pid_alive(pid: int) -> bool:
 def owner_token(pid: int | None = None) -> str:
     """``<pid>-<start ticks>`` of a process: unlike a pid alone, never reused by a later one."""
     pid = os.getpid() if pid is None else pid
-    return f"{pid}-{_start_ticks(pid) or 0}"
+    return f"{pid}-{process_start_ticks(pid) or 0}"
 
 
 def owner_alive(token: str) -> bool:
@@ -129,7 +132,7 @@ def owner_alive(token: str) -> bool:
     pid_text, _, ticks = token.partition("-")
     if not pid_text.isdigit() or not pid_alive(int(pid_text)):
         return False
-    now = _start_ticks(int(pid_text))
+    now = process_start_ticks(int(pid_text))
     return ticks in ("", "0") or now is None or now == ticks
 
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tanet.atomic import atomic_write_json
+from tanet.atomic import atomic_write_json, process_start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,6 @@ def dvc_out_hash(out: Path, root: Path | None = None) -> str | None:
     return None
 
 
-def _proc_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
-    except (OSError, IndexError):
-        return None
-
-
 def _dvc_ancestor() -> dict[str, Any] | None:
     """Pid and start time of the ``dvc`` process this stage runs under, if any."""
     pid = os.getppid()
@@ -150,7 +142,7 @@ def _dvc_ancestor() -> dict[str, Any] | None:
         if any(Path(part.decode(errors="replace")).name in ("dvc", "dvc.exe") for part in cmdline[:2]) or (
             b"dvc" in cmdline[:3] and b"-m" in cmdline[:3]
         ):
-            return {"pid": pid, "start": _proc_start(pid)}
+            return {"pid": pid, "start": process_start_ticks(pid)}
         pid = int(status.rsplit(")", 1)[1].split()[1])
     return None
 
