@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tanet.data.patches import read_patch_manifest
+from tanet.io.shards import read_patch_manifest
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from tanet.degrade import bd_degrade, bi_degrade
-from tanet.metrics import psnr, ssim, y_channel, y_psnr_ssim
+from tanet.ops.degrade import bd_degrade, bi_degrade
+from tanet.ops.metrics import psnr, ssim, y_channel, y_psnr_ssim
 
 HEIGHT, WIDTH, SCALE = 576, 720, 4
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-from tanet.align.flow import estimate_flow
-from tanet.align.rof import apply_block_shifts, block_shifts
+from tanet.ops.optical_flow import estimate_flow
+from tanet.ops.rof import apply_block_shifts, block_shifts
 
 METHODS = [("dis", "ultrafast"), ("dis", "fast"), ("dis", "medium"), ("farneback", "medium")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +43,9 @@ def synthetic_exact(method: str, preset: str, trials: int = 40) -> float:
 
 
 def real_clips(vid4: Path | None) -> list[np.ndarray]:
-    from tanet.color import rgb_to_y_uint8
-    from tanet.degrade import bi_degrade, mod_crop
-    from tanet.frames import list_frames, read_rgb
+    from tanet.io.frames import list_frames, read_rgb
+    from tanet.ops.color import rgb_to_y_uint8
+    from tanet.ops.degrade import bi_degrade, mod_crop
 
     clips = []
     if vid4 is not None and (vid4 / "GT").is_dir():
@@ -57,7 +57,7 @@ def real_clips(vid4: Path | None) -> list[np.ndarray]:
             clips.append(np.stack(frames))
         return clips
     from tanet.data.sources import embedded_clip_path
-    from tanet.video import VideoReader
+    from tanet.io.video import VideoReader
 
     with VideoReader(embedded_clip_path("bikes"), max_frames=12) as reader:
         frames = [

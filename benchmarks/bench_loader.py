@@ -1,4 +1,4 @@
-"""Throughput of the patch loader (``tanet.data.dataset.PatchLoader``), in patches/s.
+"""Throughput of the patch loader (``tanet.data.loader.PatchLoader``), in patches/s.
 
 Builds synthetic shards in the layout of the ``full``-like training setting (T = 5 LR frames
 of 32 x 32 Y, their ROF-aligned neighbours, a 128 x 128 HR target at x4), written with the
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tanet.data.dataset import PatchLoader
-from tanet.data.patches import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, write_patch_manifest
+from tanet.data.loader import PatchLoader
+from tanet.io.shards import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, write_patch_manifest
 
 FIELD_SETS = {"lr+hr": ("lr", "hr"), "rof+hr": ("rof", "hr"), "all": ("lr", "rof", "hr", "theta")}
 

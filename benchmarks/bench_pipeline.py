@@ -2,7 +2,7 @@
 
 Runs each stage function in this process, in a temporary folder, on the preset's own
 sources (default ``quick``: the embedded clips), and prints frames/s per stage (patches/s
-for ``patches``). With ``--prefect`` it also times ``python -m flows.<stage>`` processes on
+for ``patches``). With ``--prefect`` it also times ``python -m flows.stage <stage>`` processes on
 the same inputs, twice: with the default early temporary server (``flows/common.py``) and
 with ``TANET_EPHEMERAL=prefect`` (Prefect's own lazy ephemeral mode); process wall time
 minus the in-process stage time is the per-stage start-up cost.
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from tanet.config import dump_params, params_from_dict, preset_params
-from tanet.data.flows import run_flow
-from tanet.data.ingest import run_ingest
-from tanet.data.lrsets import run_degrade
-from tanet.data.patches import run_patches
-from tanet.parallel import Mapper, serial_map, thread_map
+from tanet.stages.degrade import run_degrade
+from tanet.stages.flow import run_flow
+from tanet.stages.ingest import run_ingest
+from tanet.stages.parallel import Mapper, serial_map, thread_map
+from tanet.stages.patches import run_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,11 +79,12 @@ def run_stages(preset: str, out: Path, mapper: Mapper) -> dict[str, float]:
 
 
 FLOW_COMMANDS = {
-    "ingest": ["flows.ingest", "--out", "{o}/clips"],
-    "degrade": ["flows.degrade", "--clips", "{o}/clips", "--out", "{o}/lr"],
-    "flow": ["flows.optical_flow", "--clips", "{o}/clips", "--lr", "{o}/lr", "--out", "{o}/flow"],
+    "ingest": ["flows.stage", "ingest", "--out", "{o}/clips"],
+    "degrade": ["flows.stage", "degrade", "--clips", "{o}/clips", "--out", "{o}/lr"],
+    "flow": ["flows.stage", "flow", "--clips", "{o}/clips", "--lr", "{o}/lr", "--out", "{o}/flow"],
     "patches": [
-        "flows.patches",
+        "flows.stage",
+        "patches",
         "--clips",
         "{o}/clips",
         "--lr",
@@ -97,7 +98,7 @@ FLOW_COMMANDS = {
 
 
 def time_flows(preset: str, out: Path, ephemeral: str) -> dict[str, float]:
-    """Wall seconds of each ``python -m flows.<stage>`` process (stages run in order)."""
+    """Wall seconds of each ``python -m flows.stage <stage>`` process (stages run in order)."""
     out.mkdir(parents=True, exist_ok=True)
     params = out / "params.yaml"
     params.write_text(dump_params(preset_params(preset)))
@@ -105,7 +106,7 @@ def time_flows(preset: str, out: Path, ephemeral: str) -> dict[str, float]:
     env.pop("PREFECT_API_URL", None)
     times = {}
     for stage, args in FLOW_COMMANDS.items():
-        cmd = [sys.executable, "-m", args[0], "--params", str(params), *[a.format(o=out) for a in args[1:]]]
+        cmd = [sys.executable, "-m", *args[:2], "--params", str(params), *[a.format(o=out) for a in args[2:]]]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
         times[stage] = time.perf_counter() - t0

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/bench_train.py --compare            # also the step before the CPU tuning
     python benchmarks/bench_train.py --device cuda --batch 64 --patch 48 --precision bf16   # the H100 figure
 
-Each figure times :func:`tanet.train.train_step` exactly as the training loop runs it
+Each figure times :func:`tanet.train.loop.train_step` exactly as the training loop runs it
 (augmentation on uint8, learning-rate update, loss, backward, AdamW) on synthetic uint8
 batches in the loader's layout, so data loading is not included. Steps are timed in
 ``--repeats`` rounds after ``--warmup`` untimed steps; the best round is printed (the median

@@ -6,7 +6,7 @@ CPU (default): TANet-S (N = 3, ESPCN, Y, x4), 320x180 -> 1280x720.
 - model-only fps: the plain eager NCHW forward (``VSRNet(x)``) against the upscaler's network
   path (fused branches, ``channels_last``), interleaved in one run, and their ratio
   (target >= 1.3x);
-- end-to-end fps: ``tanet.upscale.upscale_video`` on a synthetic clip with audio (decode,
+- end-to-end fps: ``tanet.infer.pipeline.upscale_video`` on a synthetic clip with audio (decode,
   colour, SR, encode on three threads), alignment ``none`` and ``rof`` (target: >= 0.8x the
   model-only fps for ``none``);
 - peak RSS of ``tanet upscale`` on a clip and on one 10x longer (must be flat).
@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tanet.config import OptimParams  # noqa: E402
-from tanet.inference import Upscaler  # noqa: E402
-from tanet.modelio import write_model_dir  # noqa: E402
+from tanet.infer.upscaler import Upscaler  # noqa: E402
+from tanet.io.model_files import write_model_dir  # noqa: E402
+from tanet.io.probe import ffmpeg_exe  # noqa: E402
 from tanet.models import VSRNet, tanet_s  # noqa: E402
-from tanet.train import Job  # noqa: E402
-from tanet.video import ffmpeg_exe  # noqa: E402
+from tanet.train.job import Job  # noqa: E402
 
 
 def make_model(path: Path, alignment: str) -> Path:
@@ -143,7 +143,7 @@ def end_to_end(
     model_dir: Path, clip: Path, out: Path, preset: str = "auto", compile_: str = "off"
 ) -> tuple[float, float]:
     """``(fps over the whole run, steady fps from the first frame written to the last)``."""
-    from tanet.upscale import upscale_video
+    from tanet.infer.pipeline import upscale_video
 
     report = upscale_video(
         clip, out, model_dir, overwrite=True, progress=False, device="cpu", preset=preset, compile=compile_
@@ -154,7 +154,7 @@ def end_to_end(
 def peak_rss(model_dir: Path, clip: Path, out: Path) -> float:
     code = (
         "import resource, sys\n"
-        "from tanet.upscale import upscale_video\n"
+        "from tanet.infer.pipeline import upscale_video\n"
         f"upscale_video({str(clip)!r}, {str(out)!r}, {str(model_dir)!r}, overwrite=True, progress=False, device='cpu')\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )

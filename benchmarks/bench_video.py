@@ -1,4 +1,4 @@
-"""Decode and encode throughput of tanet.video on synthetic content.
+"""Decode and encode throughput of tanet.io.video on synthetic content.
 
 For each size, a ``testsrc2`` clip is encoded with libx264, then timed three ways:
 
@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tanet.video import VideoReader, VideoWriter, ffmpeg_exe
+from tanet.io.probe import ffmpeg_exe
+from tanet.io.video import VideoReader, VideoWriter
 
 
 def make_clip(path: Path, width: int, height: int, frames: int) -> Path:

@@ -1,7 +1,8 @@
 """Prefect flows: thin orchestration over the ``tanet`` library.
 
-Each DVC stage's command runs one flow module (``python -m flows.<stage> ...``); the flow
-maps plain ``tanet`` functions over clips, LR sets or branches as Prefect tasks. DVC decides
-what is stale; Prefect runs it (tasks never cache). Without ``PREFECT_API_URL`` a flow runs
-in Prefect's ephemeral mode; with it, every stage shows up as a flow run on the server.
+``python -m flows.stage <stage> ...`` runs one ``dvc.yaml`` stage (``run_<stage>`` of
+``tanet/stages/<stage>.py``) as a flow named as the stage, its fan-out items as tasks.
+``flows/train_tanet.py`` holds the deployments of ``prefect.yaml``: the whole pipeline
+(``dvc repro``), adding videos, re-evaluating. DVC decides what is stale; Prefect runs it
+(tasks never cache). Without ``PREFECT_API_URL`` a stage starts a temporary server.
 """

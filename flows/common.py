@@ -1,21 +1,21 @@
-"""Shared plumbing of the stage flows: environment, task runners, the Prefect mapper.
+"""Shared plumbing of the flows: environment, the temporary Prefect server, task runners, the mapper.
+
+Importing this module starts nothing and imports no Prefect: :mod:`flows.stage` sets the
+environment and starts the temporary server first thing, then imports the stage's code.
 
 Start-up cost: with no ``PREFECT_API_URL``, Prefect's ephemeral mode starts a temporary API
 server (uvicorn running ``prefect.server.api.server:create_app``) when the flow first calls
 the API, after the stage process has imported everything, and the client process also
-imports the whole server package to do so (~7 s here). This module starts that same
-temporary server itself, first thing, so it boots while the stage imports torch and
-tanet, and points ``PREFECT_API_URL`` at it; the server is stopped when the stage exits.
-Measured per stage on 2 cores: see ``benchmarks/bench_pipeline.py`` and the README. With a
-real server (``PREFECT_API_URL`` set, e.g. ``tanet serve``) nothing is started.
+imports the whole server package to do so (~7 s here). :class:`TemporaryServer` starts that
+same server early instead, so it boots while the stage imports torch and tanet. Measured per
+stage on 2 cores: see ``benchmarks/bench_pipeline.py`` and the README. With a real server
+(``PREFECT_API_URL`` set, e.g. ``tanet serve``) nothing is started.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tanet.errors import raise_on_termination
+from tanet.track.services import free_port
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,12 +56,6 @@ def data_stage_env() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class TemporaryServer:
     """Prefect's ephemeral API server, started early in a subprocess and stopped at exit."""
 
@@ -70,7 +65,7 @@ class TemporaryServer:
 
     def start(self) -> None:
         """Launches uvicorn on a free port and exports ``PREFECT_API_URL`` for this process."""
-        port = _free_port()
+        port = free_port()
         env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
         self.proc = subprocess.Popen(
             [
@@ -123,20 +118,6 @@ class TemporaryServer:
                 self.proc.wait()
 
 
-prefect_env()
-# SIGTERM (dvc's cancel, Prefect's cancellation, `timeout`) and SIGHUP would otherwise end the
-# stage without its atexit hooks, leaving the temporary server below running.
-raise_on_termination()
-_SERVER: TemporaryServer | None = None
-if not os.environ.get("PREFECT_API_URL") and os.environ.get("TANET_EPHEMERAL", "early") == "early":
-    _SERVER = TemporaryServer()
-    _SERVER.start()
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-
 def make_task_runner(spec: str | None = None) -> Any:
     """Task runner from a spec: ``threads[:N]`` (default) or ``dask[:ADDRESS]``.
 
@@ -144,6 +125,8 @@ def make_task_runner(spec: str | None = None) -> Any:
     ``distributed`` cluster; ``dask:tcp://host:8786`` joins an existing one (needs the
     ``dask`` extra: prefect-dask).
     """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     spec = spec or os.environ.get("TANET_TASK_RUNNER", "threads")
     kind, _, arg = spec.partition(":")
     if kind == "threads":
@@ -160,7 +143,10 @@ def make_task_runner(spec: str | None = None) -> Any:
 
 
 def prefect_mapper(task_name: str) -> Callable[..., list[Any]]:
-    """A ``tanet.parallel.Mapper`` that runs each item as a Prefect task of the current flow."""
+    """A ``tanet.stages.parallel.Mapper`` that runs each item as a Prefect task of the current flow."""
+
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
     def mapper(fn: Callable[[T], R], items: Sequence[T], names: Sequence[str] | None = None) -> list[R | BaseException]:
         run = task(fn, name=task_name, cache_policy=NO_CACHE, persist_result=False)
@@ -177,25 +163,27 @@ def prefect_mapper(task_name: str) -> Callable[..., list[Any]]:
     return mapper
 
 
-def stage_args(description: str, *paths: tuple[str, str]) -> argparse.ArgumentParser:
-    """Argument parser of a stage flow: ``--params``, ``--task-runner`` and its paths."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="pipeline params file")
-    ap.add_argument(
-        "--task-runner", default=None, help="threads[:N] | dask[:ADDRESS] (default: $TANET_TASK_RUNNER or threads)"
-    )
-    for flag, help_text in paths:
-        ap.add_argument(flag, type=Path, required=True, help=help_text)
-    return ap
+def stage_environment(data: bool = False) -> TemporaryServer | None:
+    """Prepares a stage process: Prefect's environment, signals, threads and the temporary server.
 
+    Call first thing, before torch and the stage's code are imported.
 
-def run_flow(flow_obj: Any, task_runner: str | None, **kwargs: Any) -> Any:
-    """Runs a flow with the chosen task runner; a failed flow exits the process with status 1."""
-    import logging
+    Args:
+        data: a data stage (passive OpenMP threads, :func:`data_stage_env`).
 
-    # Prefect attaches its console and API handlers to the "tanet" logger
-    # (PREFECT_LOGGING_EXTRA_LOGGERS); the level is ours to set.
-    logging.getLogger("tanet").setLevel(logging.INFO)
-    if _SERVER is not None:
-        _SERVER.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    return flow_obj.with_options(task_runner=make_task_runner(task_runner))(**kwargs)
+    Returns:
+        The started temporary server (wait for it before the flow runs), or None when
+        ``PREFECT_API_URL`` names a server already.
+    """
+    prefect_env()
+    # SIGTERM (dvc's cancel, Prefect's cancellation, `timeout`) and SIGHUP raise like Ctrl-C, so
+    # the temporary server is stopped by its atexit hook.
+    raise_on_termination()
+    if data:
+        data_stage_env()
+    # TANET_EPHEMERAL=prefect leaves it to Prefect's own (later) ephemeral start: benchmarks/bench_pipeline.py
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("TANET_EPHEMERAL", "early") != "early":
+        return None
+    server = TemporaryServer()
+    server.start()
+    return server

@@ -20,14 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.common import ROOT
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tanet.atomic import atomic_write_text
+from flows.common import ROOT
 from tanet.config import dump_params, params_from_dict, preset_params, set_key
 from tanet.errors import TanetError
-from tanet.tracking import PARENT_ENV, new_parent_run, tracking_uri
+from tanet.io.atomic import atomic_write_text
+from tanet.track.tracking import PARENT_ENV, new_parent_run, tracking_uri
 
 
 def pipeline_params(

@@ -33,8 +33,8 @@ def cmd_params(args: argparse.Namespace) -> int:
     """Writes a preset's params.yaml (with ``--set key=value`` overrides)."""
     import yaml
 
-    from tanet.atomic import atomic_write_text
     from tanet.config import dump_params, preset_params
+    from tanet.io.atomic import atomic_write_text
 
     overrides = {}
     for item in args.set or []:
@@ -55,7 +55,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_degrade(args: argparse.Namespace) -> int:
     """``tanet degrade --kind BI|BD --scale R IN_DIR OUT_DIR``."""
-    from tanet.degrade import degrade_folder
+    from tanet.stages.degrade import degrade_folder
 
     n = degrade_folder(args.in_dir, args.out_dir, args.kind, args.scale, sigma=args.sigma, kernel_size=args.kernel_size)
     print(json.dumps({"frames": n, "kind": args.kind, "scale": args.scale, "out": str(args.out_dir)}))
@@ -64,7 +64,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """``tanet metrics --sr DIR --gt DIR [--crop N]``: per-frame and mean Y-PSNR/SSIM as JSON."""
-    from tanet.metrics import evaluate_folders
+    from tanet.infer.evaluation import evaluate_folders
 
     print(json.dumps(_finite(evaluate_folders(args.sr, args.gt, crop=args.crop)), indent=2))
     return 0
@@ -72,7 +72,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     """``tanet upscale IN OUT [--model URI|PATH] ...``."""
-    from tanet.upscale import upscale_video
+    from tanet.infer.pipeline import upscale_video
 
     report = upscale_video(
         args.input,
@@ -97,8 +97,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """``tanet export-onnx OUT.onnx [--model URI|PATH]``."""
-    from tanet.onnx_export import export_onnx
-    from tanet.upscale import resolve_model
+    from tanet.infer.onnx import export_onnx
+    from tanet.infer.pipeline import resolve_model
 
     path = export_onnx(resolve_model(args.model), args.output, opset=args.opset, check=not args.no_check)
     print(json.dumps({"onnx": str(path)}))
@@ -107,10 +107,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """``tanet register --model-dir DIR --eval eval.json``: register existing weights anywhere."""
-    from tanet.registry import register_model, write_registration
+    from tanet.stages.register import register_model, write_registration
 
     if args.model is not None:
-        from tanet.shipped import read_card, shipped_dir
+        from tanet.infer.shipped import read_card, shipped_dir
 
         model_dir, evaluation = shipped_dir(args.model), read_card(args.model)["eval"]
     elif args.eval is None:
@@ -134,7 +134,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_import_run(args: argparse.Namespace) -> int:
     """``tanet import-run DIR``: log a model folder trained without MLflow (e.g. on a GPU box)."""
-    from tanet.tracking_import import import_run
+    from tanet.track.import_run import import_run
 
     print(json.dumps(import_run(args.model_dirs, experiment=args.experiment), indent=2))
     return 0
@@ -144,8 +144,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``tanet serve``: Prefect server, MLflow server, work pool, deployments, worker."""
     import time
 
-    from tanet.services import serve
-    from tanet.tracking import repo_root
+    from tanet.track.services import serve
+    from tanet.track.tracking import repo_root
 
     start = time.perf_counter()
     svc = serve(
@@ -164,8 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """``tanet stop``: stops what ``tanet serve`` started (worker first)."""
-    from tanet.services import stop
-    from tanet.tracking import repo_root
+    from tanet.track.services import stop
+    from tanet.track.tracking import repo_root
 
     stopped = stop(repo_root())
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -174,8 +174,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     """``tanet env``: ``export`` lines for the running services."""
-    from tanet.services import read_state
-    from tanet.tracking import repo_root
+    from tanet.track.services import read_state
+    from tanet.track.tracking import repo_root
 
     svc = read_state(repo_root() / ".tanet" / "services")
     if svc is None:
@@ -187,8 +187,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``tanet status``: health of the services."""
-    from tanet.services import status
-    from tanet.tracking import repo_root
+    from tanet.track.services import status
+    from tanet.track.tracking import repo_root
 
     st = status(repo_root())
     print(json.dumps(st, indent=2))

@@ -26,8 +26,7 @@ from tanet.errors import ConfigError
 from tanet.models.branch import BranchConfig
 from tanet.models.san import SANConfig
 from tanet.models.vsr import ModelConfig, to_plain
-
-DegradationKind = Literal["BI", "BD"]
+from tanet.ops.degrade import DegradationKind
 
 
 @dataclass(frozen=True)

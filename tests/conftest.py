@@ -39,9 +39,9 @@ def make_model_dir(path: Path, alignment: str = "none", seed: int = 0, scale: in
     import torch
 
     from tanet.config import OptimParams
-    from tanet.modelio import write_model_dir
+    from tanet.io.model_files import write_model_dir
     from tanet.models import VSRNet, tanet_s
-    from tanet.train import Job
+    from tanet.train.job import Job
 
     torch.manual_seed(seed)
     cfg = tanet_s(scale=scale, alignment=alignment, align_block=16)

@@ -12,7 +12,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-from tanet.video import ffmpeg_exe
+from tanet.io.probe import ffmpeg_exe
 
 SIZE = (64, 48)  # (width, height) of the default clips
 FRAMES = 12  # frames of the default clips
@@ -155,7 +155,7 @@ def audio_only_m4a(path: Path) -> Path:
 def corrupt_mp4(path: Path) -> Path:
     """A real mp4 (index first) with a quarter of its bytes, from the middle on, overwritten.
 
-    The header stays intact, so :func:`tanet.video.probe` succeeds and the damage only
+    The header stays intact, so :func:`tanet.io.probe.probe` succeeds and the damage only
     shows while decoding.
     """
     h264_mp4(path, frames=25, audio=False, faststart=True, gop=5)

@@ -6,15 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tanet.align import (
-    align_window,
-    apply_block_shifts,
-    block_shifts,
-    estimate_flow,
-    patch_shifts,
-    round_half_away,
-    shift_crop,
-)
+from tanet.ops.optical_flow import estimate_flow
+from tanet.ops.rof import align_window, apply_block_shifts, block_shifts, patch_shifts, round_half_away, shift_crop
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -100,7 +93,7 @@ def test_frames_of_any_size_get_a_flow_in_a_process_that_survives() -> None:
     code = textwrap.dedent(
         """
         import numpy as np
-        from tanet.align import estimate_flow
+        from tanet.ops.rof import estimate_flow
         rng = np.random.default_rng(0)
         for h, w in [(3, 2), (11, 11), (12, 2), (64, 8), (8, 64), (12, 64), (13, 200), (16, 300), (2, 2000)]:
             a = rng.integers(0, 256, (h, w), dtype=np.uint8)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tanet.atomic import atomic_dir, atomic_write_text, default_mode
-from tanet.video import VideoWriter
+from tanet.io.atomic import atomic_dir, atomic_write_text, default_mode
+from tanet.io.video import VideoWriter
 
 
 def _mode(path: Path) -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
-from tanet.frames import list_frames, read_rgb
+
+from tanet.io.frames import list_frames, read_rgb
 
 VID4 = SHARED / "data/vid4"
 pytestmark = pytest.mark.skipif(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tanet.color import (
+from tanet.ops.color import (
     rgb_to_y_uint8,
     rgb_to_ycbcr,
     rgb_to_ycbcr_uint8,
@@ -17,7 +17,7 @@ from tanet.color import (
     ycbcr_to_rgb_uint8,
 )
 
-# The MATLAB formula, written independently of tanet.color: RGB in [0, 1] -> [0, 255].
+# The MATLAB formula, written independently of tanet.ops.color: RGB in [0, 1] -> [0, 255].
 MATLAB_T = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]])
 MATLAB_OFFSET = np.array([16.0, 128.0, 128.0])
 

@@ -30,26 +30,26 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tanet.color import rgb_to_y_uint8
 from tanet.config import params_from_dict, preset_params
-from tanet.data.dataset import PatchLoader
-from tanet.data.flows import load_flows, run_flow
-from tanet.data.ingest import read_manifest, run_ingest
-from tanet.data.lrsets import lr_set_name, run_degrade
-from tanet.data.patches import (
-    MANIFEST,
+from tanet.data.loader import PatchLoader
+from tanet.errors import InputError, TanetError
+from tanet.io.clips import load_flows, lr_set_name, read_manifest
+from tanet.io.frames import list_frames, read_rgb, write_rgb
+from tanet.io.shards import (
+    SHARDS_MANIFEST,
     PatchLayout,
     ShardWriter,
     read_patch_manifest,
-    run_patches,
     sha256_file,
     write_patch_manifest,
 )
-from tanet.degrade import Degradation, apply_degradation
-from tanet.color import to_numpy, to_tensor
-from tanet.errors import InputError, TanetError
-from tanet.frames import list_frames, read_rgb, write_rgb
-from tanet.parallel import serial_map
+from tanet.ops.color import rgb_to_y_uint8, to_numpy, to_tensor
+from tanet.ops.degrade import Degradation, apply_degradation
+from tanet.stages.degrade import run_degrade
+from tanet.stages.flow import run_flow
+from tanet.stages.ingest import run_ingest
+from tanet.stages.parallel import serial_map
+from tanet.stages.patches import run_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 HR_W, HR_H, FRAMES = 258, 195, 8  # not multiples of 2 or 4: mod-cropped to 256 x 192 (x4)
@@ -237,7 +237,9 @@ def test_shard_schema_compression_and_row_groups(run: dict[str, Any]) -> None:
         assert {chunk.compression for chunk in chunks} == {"ZSTD"}
         path = run["patches"] / rec["file"]
         assert rec["sha256"] == sha256_file(path) and rec["bytes"] == path.stat().st_size
-    assert sorted(p.name for p in run["patches"].iterdir()) == sorted([MANIFEST] + [s["file"] for s in m["shards"]])
+    assert sorted(p.name for p in run["patches"].iterdir()) == sorted(
+        [SHARDS_MANIFEST] + [s["file"] for s in m["shards"]]
+    )
     assert read_patch_manifest(run["patches"]) == json.loads(json.dumps(m))
 
 
@@ -352,7 +354,7 @@ KILLED_RUN = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     from tanet.config import params_from_dict
-    from tanet.data.patches import run_patches
+    from tanet.stages.patches import run_patches
 
     cfg = json.loads(sys.argv[1])
 
@@ -442,7 +444,7 @@ def test_torn_shard_is_detected_by_the_loader(run: dict[str, Any], tmp_path: Pat
 def test_clips_at_ingests_minimum_size_pass_every_data_stage(tmp_path: Path) -> None:
     """The smallest clip ingest keeps (8 LR px at the largest scale, thin strips too) is
     accepted by degrade, flow and patches: no stage has a stricter minimum than ingest."""
-    from tanet.data.ingest import MIN_LR_SIDE
+    from tanet.stages.ingest import MIN_LR_SIDE
 
     src = tmp_path / "src"
     side = MIN_LR_SIDE * 4

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tanet.data.dataset import LoaderState, PatchDataset, PatchLoader
-from tanet.data.patches import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, read_patch_manifest, write_patch_manifest
+from tanet.data.loader import LoaderState, PatchDataset, PatchLoader
 from tanet.errors import InputError
+from tanet.io.shards import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, read_patch_manifest, write_patch_manifest
 
 LAYOUT = PatchLayout(num_frames=5, channels=1, patch=8, scale=2)
 GROUPS = {"a": [7, 7, 7, 5], "b": [7, 3], "c": [7, 7, 6, 7, 2]}  # rows per row group, per clip (= shard)

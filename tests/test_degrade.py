@@ -10,23 +10,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tanet.color import to_numpy, to_tensor
-from tanet.degrade import (
+from tanet.errors import InputError
+from tanet.io.frames import list_frames, read_rgb, write_rgb
+from tanet.ops.color import to_numpy, to_tensor
+from tanet.ops.degrade import (
     Degradation,
     _resize_matrix,
     apply_degradation,
     bd_degrade,
     bi_degrade,
     bicubic_upscale,
-    degrade_folder,
     gaussian_kernel2d,
     imresize,
-    upscale_integer,
     mod_crop,
     sample_degradation,
+    upscale_integer,
 )
-from tanet.errors import InputError
-from tanet.frames import list_frames, read_rgb, write_rgb
+from tanet.stages.degrade import degrade_folder
 
 # CI clones the repo next to ../shared; locally it is /work/shared.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tanet.inference import StandaloneBranch, Upscaler, edge_window, receptive_radius, weight_map_image
-from tanet.modelio import BranchModel
+from tanet.infer.upscaler import StandaloneBranch, Upscaler, edge_window, receptive_radius, weight_map_image
+from tanet.io.model_files import BranchModel
 from tanet.models import VSRNet, tanet_l, tanet_s
 
 
@@ -144,8 +144,8 @@ def test_fused_network_equals_the_unfused_one(global_residual: bool) -> None:
 
 def test_to_rgb_matches_float64_ycbcr2rgb() -> None:
     """The float32 OpenCV path equals MATLAB-style float64 ycbcr2rgb up to rounding ties."""
-    from tanet.color import rgb_to_ycbcr, ycbcr_to_rgb
-    from tanet.degrade import upscale_integer
+    from tanet.ops.color import rgb_to_ycbcr, ycbcr_to_rgb
+    from tanet.ops.degrade import upscale_integer
 
     up = Upscaler(_model(tanet_s(alignment="none")))
     frame = _frames(1, 37, 53, seed=3)[0]
@@ -181,7 +181,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path) -> None:  # type: ignore[
         "import logging, numpy as np, torch, torch._inductor.config as ic\n"
         "logging.basicConfig(level=logging.WARNING)\n"
         "ic.cpp.cxx = ('/nonexistent/c++',)\n"
-        "from tanet.inference import Upscaler\n"
+        "from tanet.infer.upscaler import Upscaler\n"
         "from tanet.models import VSRNet, tanet_s\n"
         "torch.manual_seed(0)\n"
         "net = VSRNet(tanet_s(alignment='none')).eval()\n"
@@ -207,7 +207,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path) -> None:  # type: ignore[
 
 def test_inference_aligns_with_the_flow_the_model_was_trained_with() -> None:
     """ROF at inference uses the flow method/preset recorded in the model's params."""
-    from tanet.inference import flow_settings
+    from tanet.infer.upscaler import flow_settings
 
     assert flow_settings({}) == {"flow_method": "dis", "flow_preset": "medium"}
     meta = {"params": {"flow": {"method": "farneback", "dis_preset": "fast"}}}

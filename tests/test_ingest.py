@@ -28,11 +28,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tanet.config import IngestParams, Params, dump_params, load_params, params_from_dict, preset_params, set_key
-from tanet.data.ingest import MANIFEST, QUARANTINE, ingest_one, read_manifest, read_quarantine, run_ingest
-from tanet.data.lrsets import lr_set_name, run_degrade
 from tanet.data.sources import Source, discover_sources, is_val_clip
 from tanet.errors import ConfigError, InputError, TanetError
-from tanet.frames import list_frames, read_rgb, write_rgb
+from tanet.io.clips import CLIPS_MANIFEST, QUARANTINE, lr_set_name, read_manifest, read_quarantine
+from tanet.io.frames import list_frames, read_rgb, write_rgb
+from tanet.stages.degrade import run_degrade
+from tanet.stages.ingest import ingest_one, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = mf.SIZE  # 64 x 48
@@ -146,7 +147,7 @@ def test_usable_clips_are_ingested_and_bad_ones_quarantined(ingested: Path) -> N
     assert set(quarantine) == set(UNUSABLE)
     clip_dirs = {p.name for p in ingested.iterdir() if p.is_dir()}
     assert clip_dirs == set(USABLE)  # no folder, not even a partial one, for a quarantined clip
-    assert sorted(p.name for p in ingested.iterdir() if p.is_file()) == sorted([MANIFEST, QUARANTINE])
+    assert sorted(p.name for p in ingested.iterdir() if p.is_file()) == sorted([CLIPS_MANIFEST, QUARANTINE])
     assert hidden(ingested) == [] and hidden(ingested.parent) == []
 
 
@@ -172,7 +173,7 @@ def test_usable_clip_frames_size_and_notes(ingested: Path, clip_id: str) -> None
 
 
 def test_manifest_columns_and_values(ingested: Path, media: Path) -> None:
-    table = pq.read_table(ingested / MANIFEST)
+    table = pq.read_table(ingested / CLIPS_MANIFEST)
     assert table.column_names == [
         "clip_id",
         "source_path",

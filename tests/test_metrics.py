@@ -10,17 +10,11 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from tanet.color import to_tensor
 from tanet.errors import InputError
-from tanet.frames import write_rgb
-from tanet.metrics import (
-    evaluate_folders,
-    psnr,
-    ssim,
-    temporal_flicker,
-    y_channel,
-    y_psnr_ssim,
-)
+from tanet.infer.evaluation import evaluate_folders
+from tanet.io.frames import write_rgb
+from tanet.ops.color import to_tensor
+from tanet.ops.metrics import psnr, ssim, temporal_flicker, y_channel, y_psnr_ssim
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_model_dir
-from tanet.onnx_export import export_onnx
+
+from tanet.infer.onnx import export_onnx
 
 
 @pytest.mark.parametrize("alignment", ["none", "san"])
@@ -19,8 +19,8 @@ def test_export_matches_pytorch(tmp_path: Path, alignment: str) -> None:
     import onnxruntime as ort
     import torch
 
-    from tanet.modelio import load_model_dir
-    from tanet.onnx_export import _FullFrame, parity
+    from tanet.infer.onnx import _FullFrame, parity
+    from tanet.io.model_files import load_model_dir
 
     net, _ = load_model_dir(model)
     err = parity(_FullFrame(net).eval(), out, 5, 1, size=(29, 41))

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pipeline_repo import make_repo, run, tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +117,7 @@ def test_mlflow_server_down_is_a_clear_error(tmp_path: Path) -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    code = "from tanet.tracking import new_parent_run; new_parent_run('tanet')"
+    code = "from tanet.track.tracking import new_parent_run; new_parent_run('tanet')"
     res = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -138,7 +137,8 @@ def test_preprocessing_fans_out_on_a_dask_cluster(tiny_pipeline: dict[str, objec
         [
             sys.executable,
             "-m",
-            "flows.degrade",
+            "flows.stage",
+            "degrade",
             "--params",
             "params.yaml",
             "--clips",
@@ -195,7 +195,7 @@ def test_a_stage_ended_by_a_signal_stops_its_temporary_prefect_server(tmp_path: 
     import signal
     import time
 
-    code = "import flows.common as c, time; c._SERVER.wait(90); print('up', flush=True); time.sleep(120)"
+    code = "import flows.common as c, time; s = c.stage_environment(); s.wait(90); print('up', flush=True); time.sleep(120)"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=ROOT
@@ -215,6 +215,7 @@ def test_a_stage_ended_by_a_signal_stops_its_temporary_prefect_server(tmp_path: 
 
 def test_a_quarantined_input_is_one_warning_line_in_the_ingest_flow_log(tmp_path: Path) -> None:
     import media_factory as mf
+
     from tanet.config import dump_params, preset_params
 
     src = tmp_path / "src"
@@ -229,7 +230,8 @@ def test_a_quarantined_input_is_one_warning_line_in_the_ingest_flow_log(tmp_path
         [
             sys.executable,
             "-m",
-            "flows.ingest",
+            "flows.stage",
+            "ingest",
             "--params",
             str(tmp_path / "params.yaml"),
             "--out",

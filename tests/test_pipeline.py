@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pipeline_repo import run, tool_env
-from tanet.video import count_frames, probe
+
+from tanet.io.probe import count_frames, probe
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,9 @@ def test_second_repro_is_a_no_op(tiny_pipeline: dict[str, object]) -> None:
 def test_a_clip_added_to_an_ingest_paths_folder_makes_ingest_stale(tmp_path: Path) -> None:
     import shutil
 
+    import media_factory as mf
     import yaml
 
-    import media_factory as mf
     from tanet.config import dump_params, preset_params
 
     repo = tmp_path / "repo"

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_model_dir
-from tanet.registry import champion_decision, register_model, scores_from_tags
+
+from tanet.stages.register import champion_decision, register_model, scores_from_tags
 
 
 def _eval(ds: str, psnr: float) -> dict[str, dict[str, dict[str, float]]]:
@@ -109,10 +109,10 @@ def test_register_cli_then_upscale_without_model_pulls_the_champion(tmp_path: Pa
     with no --model resolves models:/tanet@champion from MLFLOW_TRACKING_URI."""
     import os
 
+    import media_factory as mf
     import mlflow
 
-    import media_factory as mf
-    from tanet.frames import list_frames
+    from tanet.io.frames import list_frames
 
     model = make_model_dir(tmp_path / "m", seed=5)
     (tmp_path / "eval.json").write_text(json.dumps(_eval("heldout_BIx4", 30.0)))
@@ -150,7 +150,7 @@ def test_register_a_shipped_model_by_name(tmp_path: Path, mlflow_store: str) -> 
 
     import mlflow
 
-    from tanet.shipped import read_card
+    from tanet.infer.shipped import read_card
 
     res = subprocess.run(
         [sys.executable, "-m", "tanet.cli", "register", "--model", "tanet-s", "-o", "reg.json"],

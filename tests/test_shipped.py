@@ -9,12 +9,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import media_factory as mf
+import pytest
 from conftest import SHARED, make_model_dir
+
 from tanet.errors import TanetError
-from tanet.shipped import CARD, SHIPPED_NAMES, available, crop_psnr, read_card, shipped_dir, weights_sha256
+from tanet.infer.shipped import CARD, SHIPPED_NAMES, available, crop_psnr, read_card, shipped_dir, weights_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = available()

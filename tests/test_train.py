@@ -30,31 +30,26 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tanet.align.rof import shift_crop
 from tanet.config import OptimParams, Params, dump_params, params_from_dict, preset_params
 from tanet.errors import TanetError
-from tanet.modelio import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
+from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
 from tanet.models import VSRNet, tanet_s
 from tanet.models.san import SANConfig
-from tanet.train import (
+from tanet.ops.rof import shift_crop
+from tanet.stages.pretrain import inflate_branch1
+from tanet.stages.train import pretrained_init, train_metrics
+from tanet.train.augment import apply_dihedral, augment
+from tanet.train.checkpoint import (
     CKPT_META,
     CKPT_STATE,
-    Job,
-    apply_dihedral,
-    augment,
-    build_model,
     checkpoint_dirs,
-    compute_loss,
-    inflate_branch1,
     job_fingerprint,
     load_checkpoint,
-    load_init,
-    lr_at,
-    pretrained_init,
-    run_job,
     save_checkpoint,
-    train_metrics,
 )
+from tanet.train.job import Job
+from tanet.train.job import build_model
+from tanet.train.loop import compute_loss, load_init, lr_at, run_job
 
 PY = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -72,10 +67,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="session")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The data stages of the tiny preset: clips, LR, flow, patches."""
-    from tanet.data.flows import run_flow
-    from tanet.data.ingest import run_ingest
-    from tanet.data.lrsets import run_degrade
-    from tanet.data.patches import run_patches
+    from tanet.stages.degrade import run_degrade
+    from tanet.stages.flow import run_flow
+    from tanet.stages.ingest import run_ingest
+    from tanet.stages.patches import run_patches
 
     d = tmp_path_factory.mktemp("train_data")
     p = params_from_dict(preset_params("tiny", DATA_OVERRIDES))
@@ -299,7 +294,7 @@ def test_branch_grown_from_branch1_starts_with_its_output_and_learns_its_neighbo
 
 
 def test_pretrain_grows_branches_from_branch1_and_needs_it_first(tmp_path: Path) -> None:
-    from tanet.train import branch1_init
+    from tanet.stages.pretrain import branch1_init
 
     params = params_from_dict(preset_params("tiny"))
     assert params.pretrain.init_from_branch1
@@ -367,8 +362,8 @@ def test_train_metrics_shape(tmp_path: Path) -> None:
 
 # -- checkpoints (in process) -------------------------------------------------------------
 def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path: Path) -> None:
-    from tanet.data.patches import read_patch_manifest
-    from tanet.train import branch_job
+    from tanet.io.shards import read_patch_manifest
+    from tanet.stages.pretrain import branch_job
 
     params = load(params_file(tmp_path / "params.yaml", **{"pretrain.steps": 6, "pretrain.checkpoint_every": 2}))
     job = branch_job(params, 1)
@@ -414,7 +409,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypa
     cfg = params_from_dict(preset_params("tiny")).model
     model = BranchModel(cfg, 1)
     opt = torch.optim.AdamW(model.parameters())
-    from tanet.data.dataset import LoaderState
+    from tanet.data.loader import LoaderState
 
     save_checkpoint(tmp_path, model, opt, 2, [LoaderState(0, 2)], [], {"fingerprint": "f"})
 
@@ -522,7 +517,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(
 
 KILL_DURING_WRITE = """
 import os, signal, sys, torch
-import tanet.train
+import tanet.train.cli
 calls, real_save = 0, torch.save
 def save(obj, f, *a, **k):  # the 3rd checkpoint (step 12): a torn file, then SIGKILL
     global calls
@@ -533,7 +528,7 @@ def save(obj, f, *a, **k):  # the 3rd checkpoint (step 12): a torn file, then SI
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *a, **k)
 torch.save = save
-sys.exit(tanet.train.main(sys.argv[1:]))
+sys.exit(tanet.train.cli.main(sys.argv[1:]))
 """
 
 
@@ -560,15 +555,16 @@ def test_sigkill_during_checkpoint_write_resumes_from_the_previous_one(
 # -- DDP ----------------------------------------------------------------------------------
 DDP_PROBE = """
 import hashlib, os, sys
-import tanet.train
-real_step = tanet.train.train_step
+import tanet.train.cli
+import tanet.train.loop
+real_step = tanet.train.loop.train_step
 def step(job, net, opt, batch, step, device, rank=0):  # records which samples each rank trains on
     with open(os.path.join(os.environ["PROBE_DIR"], f"{job.name}.rank{rank}"), "a") as f:
         for hr in batch["hr"]:
             f.write(hashlib.sha1(hr.numpy().tobytes()).hexdigest() + "\\n")
     return real_step(job, net, opt, batch, step, device, rank)
-tanet.train.train_step = step
-sys.exit(tanet.train.main(sys.argv[1:]))
+tanet.train.loop.train_step = step
+sys.exit(tanet.train.cli.main(sys.argv[1:]))
 """
 
 
@@ -605,7 +601,7 @@ def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
         assert meta["world"] == 2 and meta["optim"]["steps"] == 4 and meta["params"]["pretrain"]["steps"] == 4
         # The checkpoint alone rebuilds its network: config + safetensors weights.
         from tanet.config import model_config_from_dict
-        from tanet.modelio import BranchModel
+        from tanet.io.model_files import BranchModel
 
         cfg = model_config_from_dict(meta["model_config"])
         net = VSRNet(cfg) if name == "joint" else BranchModel(cfg, int(name[-1]))
@@ -728,7 +724,7 @@ def test_data_fixture_is_what_the_tests_assume(data: Path) -> None:
 
 
 def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
-    from tanet.train import plot_curves
+    from tanet.train.curves import plot_curves
 
     history = [{"step": s, "loss": 1 / s, "lr": 1e-3} for s in range(1, 30)] + [{"step": 29, "val_psnr": 28.5}]
     assert plot_curves(history, tmp_path / "c.png", title="joint")

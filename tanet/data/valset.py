@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tanet.align.rof import apply_block_shifts, block_shifts
 from tanet.config import Params
-from tanet.data.flows import load_flows, neighbour_offsets
-from tanet.data.ingest import read_manifest
-from tanet.data.lrsets import lr_set_name
-from tanet.data.patches import _planes
 from tanet.errors import TanetError
-from tanet.frames import list_frames, read_rgb
+from tanet.io.clips import load_flows, lr_set_name, read_manifest
+from tanet.io.frames import list_frames, read_rgb
+from tanet.io.shards import planes
+from tanet.ops.rof import apply_block_shifts, block_shifts, neighbour_offsets
 
 
 @dataclass(frozen=True)
@@ -74,11 +72,11 @@ def load_val_clips(
     for rec in read_manifest(clips_dir):
         if rec.split != "val":
             continue
-        lr = np.stack([_planes(read_rgb(f), model.channels) for f in list_frames(lr_dir / name / rec.clip_id)])
+        lr = np.stack([planes(read_rgb(f), model.channels) for f in list_frames(lr_dir / name / rec.clip_id)])
         frames = tuple(evenly_spaced(val_frames, len(lr)))
         hr_files = list_frames(clips_dir / rec.clip_id)
         h, w = lr.shape[-2:]
-        hr_y = np.stack([_planes(read_rgb(hr_files[t]), 1)[0, : r * h, : r * w] for t in frames])
+        hr_y = np.stack([planes(read_rgb(hr_files[t]), 1)[0, : r * h, : r * w] for t in frames])
         shifts, block = None, params.patches.patch_size
         if flow_dir is not None:
             flows = load_flows(flow_dir / name / f"{rec.clip_id}.npz")

@@ -2,7 +2,7 @@
 
 - ``none``: the raw LR window goes straight into the temporal adaptive network.
 - ``rof``: rectified optical flow alignment (paper Sec. 4.1). It is not differentiable
-  and runs on the data side (``tanet.align``): the window passed to :meth:`VSRNet.forward`
+  and runs on the data side (``tanet.ops.rof``): the window passed to :meth:`VSRNet.forward`
   must already be ROF-aligned. The config records the mode so inference aligns first.
 - ``san``: the spatial alignment network (paper Sec. 4.2) aligns each neighbour to the
   centre frame inside the model and returns theta for the regression loss.

@@ -1,0 +1,147 @@
+"""Stage ``evaluate``: the field's numbers for the trained model, its branches, bicubic and lanczos."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tanet.config import Params
+from tanet.errors import TanetError
+from tanet.infer.evaluation import (
+    EvalClip,
+    heldout_clips,
+    run_methods,
+    save_figures,
+    score,
+    vid4_clips,
+    vid4_reference_clips,
+)
+from tanet.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+from tanet.io.model_files import load_model_dir
+from tanet.models.vsr import VSRNet
+from tanet.ops.degrade import Degradation
+from tanet.track.tracking import Tracker
+from tanet.train.distributed import resolve_device
+
+log = logging.getLogger(__name__)
+
+REPORT_KEY = "evaluation"  # the Prefect artifact holding markdown_report's table
+
+
+def run_evaluate(
+    params: Params,
+    root: Path,
+    model_dir: Path,
+    pretrain_dir: Path | None,
+    clips_dir: Path,
+    lr_dir: Path,
+    metrics_path: Path,
+    frames_csv: Path,
+    plots_dir: Path,
+    device: torch.device | str = "auto",
+    tracker: Tracker | None = None,
+) -> dict[str, Any]:
+    """Evaluates the joint model, its branches and bicubic on every available dataset.
+
+    Args:
+        params: pipeline params (``evaluate`` section, model and degradation).
+        root: repo root (``evaluate.vid4_dir`` is relative to it).
+        model_dir: the train stage's model folder.
+        pretrain_dir: the pretrain stage's folder (standalone branches), or None.
+        clips_dir: ingest output (held-out clips).
+        lr_dir: degrade output.
+        metrics_path: ``eval.json`` to write.
+        frames_csv: per-frame CSV to write.
+        plots_dir: folder of PNG figures (replaced whole).
+        device: inference device (``auto``: CUDA when there is one).
+        tracker: the stage's MLflow run: gets every figure, the plots and the per-frame CSV.
+
+    Returns:
+        The ``eval.json`` content.
+    """
+    ep = params.evaluate
+    device = resolve_device(device) if device == "auto" else torch.device(device)
+    joint, meta = load_model_dir(model_dir, device)
+    if not isinstance(joint, VSRNet):
+        raise TanetError(f"{model_dir}: expected a joint model, found a {meta['kind']}")
+    kind, scale = meta.get("degradation", params.patches.degradation), joint.cfg.scale
+    deg = Degradation(kind, scale, params.degrade.bd_sigma, params.degrade.bd_kernel_size)
+    branches = []
+    if pretrain_dir is not None:
+        branches = [
+            load_model_dir(pretrain_dir / f"branch_{i}", device)[0] for i in range(1, joint.cfg.num_branches + 1)
+        ]
+    vid4_dir = (root / ep.vid4_dir).resolve()
+    sources: list[Iterator[EvalClip]] = [heldout_clips(params, clips_dir, lr_dir, ep.max_frames)]
+    if ep.vid4 == "on" and not (vid4_dir / "GT").is_dir():
+        raise TanetError(f"evaluate.vid4 is 'on' but {vid4_dir / 'GT'} does not exist")
+    if ep.vid4 != "off" and (vid4_dir / "GT").is_dir():
+        sources = [
+            vid4_clips(vid4_dir, deg, ep.max_frames),
+            vid4_reference_clips(vid4_dir, deg, ep.max_frames),
+            *sources,
+        ]
+    elif ep.vid4 == "auto":
+        log.info("Vid4 not found at %s: evaluating the held-out clips only", vid4_dir)
+    per_clip: dict[str, dict[str, list[dict[str, float]]]] = {}
+    all_rows: list[dict[str, Any]] = []
+    with atomic_dir(plots_dir) as plots_tmp:
+        for source in sources:
+            for clip in source:
+                log.info("evaluating %s/%s (%d frames)", clip.dataset, clip.clip_id, len(clip.lr))
+                outputs, weights = run_methods(
+                    clip,
+                    joint,
+                    branches,
+                    device=device,
+                    tile=ep.tile,
+                    flow_method=params.flow.method,
+                    flow_preset=params.flow.dis_preset,
+                )
+                summary, rows = score(outputs, clip.gt, ep.crop, ep.flicker)
+                for method, vals in summary.items():
+                    per_clip.setdefault(clip.dataset, {}).setdefault(method, []).append(vals)
+                all_rows += [{"dataset": clip.dataset, "clip": clip.clip_id, **r} for r in rows]
+                save_figures(plots_tmp, clip.dataset, clip.clip_id, outputs, clip.gt, weights, rows)
+    result = {
+        dataset: {
+            method: {k: round(float(np.mean([v[k] for v in clips])), 4) for k in clips[0]}
+            for method, clips in methods.items()
+        }
+        for dataset, methods in per_clip.items()
+    }
+    atomic_write_json(metrics_path, result)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["dataset", "clip", "method", "frame", "psnr", "ssim"])
+    writer.writeheader()
+    writer.writerows(all_rows)
+    atomic_write_bytes(frames_csv, buf.getvalue().encode())
+    if tracker is not None:
+        tracker.log_metrics(
+            {f"{ds}.{m}.{k}": v for ds, ms in result.items() for m, vals in ms.items() for k, v in vals.items()}
+        )
+        tracker.log_artifact(plots_dir, "plots")
+        tracker.log_artifact(frames_csv)
+    return result
+
+
+def markdown_report(result: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table of ``eval.json``: one row per dataset and method."""
+    lines = ["| dataset | method | Y-PSNR (dB) | SSIM | tOF |", "|---|---|---|---|---|"]
+    for ds, methods in result.items():
+        for method, v in methods.items():
+            lines.append(f"| {ds} | {method} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v.get('tof', '')} |")
+    return "\n".join(lines)
+
+
+def load_eval(path: Path) -> dict[str, Any]:
+    """Reads an ``eval.json``."""
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,170 @@
+"""Stage ``pretrain``: each SR branch alone with loss (1) (Liu et al. 2017, Sec. 3.3, "model A").
+
+Branches 2..N start from branch 1's weights on their centre frame and zeros on their
+neighbours (``pretrain.init_from_branch1``), so each begins where branch 1 ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import os
+import torch
+from safetensors.torch import load_file
+
+from tanet.config import Params
+from tanet.data.valset import ValClip, load_val_clips
+from tanet.errors import TanetError
+from tanet.io.model_files import CKPT_WEIGHTS
+from tanet.track.tracking import Tracker
+from tanet.train.distributed import dist_info
+from tanet.train.job import Job
+from tanet.io.clips import DataDirs
+from tanet.train.loop import model_meta, run_job
+from tanet.stages.parallel import Mapper
+from tanet.io.atomic import atomic_write_json
+from tanet.track.tracking import child_run
+from tanet.train.distributed import resolve_device
+from tanet.stages.parallel import serial_map
+
+
+def branch_job(params: Params, i: int) -> Job:
+    """The pretraining job of branch ``i``."""
+    return Job("branch", i, params.model, params.pretrain, 0.0, params.seed)
+
+
+def pretrain_branch(
+    params: Params,
+    i: int,
+    dirs: DataDirs,
+    out_dir: Path,
+    ckpt_root: Path,
+    *,
+    device: torch.device,
+    tracker: Tracker | None = None,
+    val_clips: list[ValClip] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Pretrains branch ``i`` into ``out_dir/branch_<i>``; returns its validation metrics (rank 0)."""
+    job = branch_job(params, i)
+    clips = val_clips
+    if clips is None:
+        clips = (
+            load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+            if dist_info()[0] == 0
+            else []
+        )
+    return run_job(
+        job,
+        dirs.patches,
+        clips,
+        out_dir / job.name,
+        ckpt_root / job.name,
+        device=device,
+        init_weights=branch1_init(params, i, out_dir),
+        tracker=tracker,
+        meta={
+            **model_meta(params, dirs.patches),
+            "init": "branch_1" if i > 1 and params.pretrain.init_from_branch1 else "scratch",
+        },
+        **kw,
+    )
+
+
+def inflate_branch1(weights: dict[str, torch.Tensor], num_frames: int, channels: int) -> dict[str, torch.Tensor]:
+    """Branch 1's state dict grown into the initial weights of a branch on ``num_frames`` frames.
+
+    The first convolution sees ``num_frames * channels`` input channels (early fusion,
+    frame-major); its kernels for the centre frame are branch 1's and those for the
+    neighbours are zero, so the grown branch computes exactly branch 1's output at step 0
+    while the neighbours' kernels still receive gradients. Every other tensor is copied.
+
+    Args:
+        weights: a :class:`~tanet.io.model_files.BranchModel` state dict of branch 1.
+        num_frames: frames of the new branch (2i-1).
+        channels: colour channels per frame.
+
+    Returns:
+        The new branch's state dict (same keys).
+    """
+    centre = num_frames // 2
+    out = {}
+    for key, value in weights.items():
+        if value.ndim == 4 and value.shape[1] == channels and key.endswith(("body.0.weight", "head.weight")):
+            grown = value.new_zeros(value.shape[0], num_frames * channels, *value.shape[2:])
+            grown[:, centre * channels : (centre + 1) * channels] = value
+            out[key] = grown
+        else:
+            out[key] = value.clone()
+    return out
+
+
+def branch1_init(params: Params, i: int, pretrain_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Initial weights of branch ``i`` (``pretrain.init_from_branch1``): branch 1 grown, or None."""
+    if i == 1 or not params.pretrain.init_from_branch1:
+        return None
+    path = pretrain_dir / "branch_1" / CKPT_WEIGHTS
+    if not path.is_file():
+        raise TanetError(
+            f"{path}: branch {i} starts from branch 1 (pretrain.init_from_branch1); pretrain branch 1 first"
+        )
+    return inflate_branch1(load_file(str(path)), 2 * i - 1, params.model.channels)
+
+
+def run_pretrain(
+    params: Params,
+    dirs: DataDirs,
+    out: Path,
+    metrics: Path,
+    checkpoints: Path,
+    *,
+    tracker: Tracker,
+    mapper: Mapper = serial_map,
+) -> dict[str, float]:
+    """Pretrains branches 1..N and writes ``metrics/pretrain.json``; returns each branch's validation PSNR.
+
+    With ``pretrain.init_from_branch1`` branch 1 runs first and the others then side by
+    side (as many at once as the mapper runs: ``pretrain.parallel`` threads in the flow).
+
+    Args:
+        params: pipeline params.
+        dirs: the data stages' outputs.
+        out: pretrained branches folder (``branch_<i>`` each).
+        metrics: ``pretrain.json`` to write.
+        checkpoints: checkpoint root (``branch_<i>/step_<n>``).
+        tracker: the stage's MLflow run; each branch logs to a child run.
+        mapper: runs the branches of one wave (Prefect tasks in the flow).
+    """
+    device = resolve_device("auto")
+    if device.type == "cpu" and params.pretrain.parallel > 1:
+        # Branches on parallel threads share the cores instead of each taking all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.pretrain.parallel))
+    val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+    branches = list(range(1, params.model.num_branches + 1))
+
+    def one(i: int) -> dict[str, Any]:
+        run = child_run(tracker, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
+        try:
+            result = pretrain_branch(params, i, dirs, out, checkpoints, device=device, tracker=run, val_clips=val)
+        except BaseException:
+            run.finish("FAILED")
+            raise
+        run.finish()
+        return result
+
+    # Branches grown from branch 1 wait for it; they then train side by side.
+    waves = [branches[:1], branches[1:]] if params.pretrain.init_from_branch1 else [branches]
+    results: list[Any] = []
+    for wave in waves:
+        results += mapper(one, wave, [f"branch_{i}" for i in wave]) if wave else []
+        if any(isinstance(r, BaseException) for r in results):
+            break
+    summary = {}
+    for i, res in zip(branches, results):  # a failed first wave leaves the rest unrun
+        if isinstance(res, BaseException):
+            raise TanetError(f"pretrain: branch {i} failed: {res}") from res
+        summary[f"branch_{i}"] = {"val_psnr": round(res["val_psnr"], 4)}
+    tracker.log_metrics({f"{k}.val_psnr": v["val_psnr"] for k, v in summary.items()})
+    atomic_write_json(metrics, summary)
+    return {k: v["val_psnr"] for k, v in summary.items()}

@@ -1,0 +1,107 @@
+"""Stage ``train``: the temporal adaptive network, initialised from the pretrained branches, with loss (2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from tanet.config import Params
+from tanet.data.valset import load_val_clips
+from tanet.errors import TanetError
+from tanet.io.model_files import CKPT_WEIGHTS, MODEL_META
+from tanet.track.tracking import Tracker
+from tanet.train.distributed import dist_info
+from tanet.train.job import Job
+from tanet.io.clips import DataDirs
+from tanet.train.loop import model_meta, run_job
+from tanet.train.validate import bicubic_psnr
+from tanet.io.atomic import atomic_write_json
+from tanet.train.distributed import resolve_device
+
+
+def joint_job(params: Params) -> Job:
+    """The joint training job."""
+    return Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+
+
+def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tensor]:
+    """State dict of the joint network filled with the pretrained branches (model A)."""
+    init: dict[str, torch.Tensor] = {}
+    for i in range(1, params.model.num_branches + 1):
+        path = pretrain_dir / f"branch_{i}" / CKPT_WEIGHTS
+        if not path.is_file():
+            raise TanetError(f"{path}: pretrained branch missing; run the pretrain stage first")
+        for k, v in load_file(str(path)).items():
+            init[f"tanet.branches.{i - 1}.{k.removeprefix('branch.')}"] = v
+    return init
+
+
+def train_joint(
+    params: Params,
+    dirs: DataDirs,
+    pretrain_dir: Path | None,
+    out_dir: Path,
+    ckpt_root: Path,
+    *,
+    device: torch.device,
+    tracker: Tracker | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Trains the joint network into ``out_dir``; returns its metrics incl. the bicubic baseline (rank 0)."""
+    job = joint_job(params)
+    rank0 = dist_info()[0] == 0
+    clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.train.val_frames) if rank0 else []
+    init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
+    bicubic = bicubic_psnr(clips, params.model.scale) if rank0 else float("nan")
+    meta = {**model_meta(params, dirs.patches), "val_psnr_bicubic": bicubic}
+    metrics = run_job(
+        job,
+        dirs.patches,
+        clips,
+        out_dir,
+        ckpt_root / job.name,
+        device=device,
+        init_weights=init,
+        tracker=tracker,
+        meta=meta,
+        **kw,
+    )
+    if metrics and "val_psnr" in metrics:
+        metrics["val_psnr_bicubic"] = bicubic
+        if tracker is not None:
+            tracker.log_metrics({"val_psnr_bicubic": bicubic}, params.train.steps)
+    return metrics
+
+
+def train_metrics(pretrain_dir: Path, train_dir: Path, num_branches: int) -> dict[str, Any]:
+    """``metrics/train.json``: ``{"pretrain": {"branch_i": {"val_psnr"}}, "joint": {...}}``."""
+    pre = {}
+    for i in range(1, num_branches + 1):
+        meta = json.loads((pretrain_dir / f"branch_{i}" / MODEL_META).read_text())
+        pre[f"branch_{i}"] = {"val_psnr": round(meta["val_psnr"], 4)}
+    joint = json.loads((train_dir / MODEL_META).read_text())
+    return {
+        "pretrain": pre,
+        "joint": {"val_psnr": round(joint["val_psnr"], 4), "val_psnr_bicubic": round(joint["val_psnr_bicubic"], 4)},
+    }
+
+
+def run_train(
+    params: Params,
+    dirs: DataDirs,
+    pretrain: Path,
+    out: Path,
+    metrics: Path,
+    checkpoints: Path,
+    *,
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """Trains the joint network and writes ``metrics/train.json`` (pretrain + joint); returns it."""
+    train_joint(params, dirs, pretrain, out, checkpoints, device=resolve_device("auto"), tracker=tracker)
+    summary = train_metrics(pretrain, out, params.model.num_branches)
+    atomic_write_json(metrics, summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow runs, imported runs) and the local Prefect + MLflow services."""

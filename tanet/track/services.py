@@ -1,0 +1,322 @@
+"""``tanet serve`` / ``tanet stop``: local Prefect + MLflow services for the deployments.
+
+``serve`` brings up, on 127.0.0.1:
+
+1. a Prefect server (SQLite under the project's ``PREFECT_HOME``),
+2. an MLflow tracking server (SQLite + local artifacts, one worker, job execution off,
+   artifacts proxied so remote clients can log),
+3. the ``tanet`` work pool (type ``process``) and the deployments of ``prefect.yaml``,
+4. a worker for the pool, whose flow runs see ``PREFECT_API_URL`` and
+   ``MLFLOW_TRACKING_URI``,
+
+each in its own process group with its log under ``.tanet/services/``, and health-checks
+them. ``stop`` ends the worker first (a worker whose server is gone can hang), then the
+servers, whole process groups, and checks that nothing is left. Telemetry is off
+everywhere. A taken port or a server that does not come up is a clear error.
+
+This module drives the ``prefect`` and ``mlflow`` command-line tools as subprocesses; the
+library still never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tanet.errors import TanetError
+from tanet.io.atomic import atomic_write_json
+
+STATE = "services.json"
+POOL = "tanet"
+
+
+@dataclass
+class Services:
+    """What ``serve`` started (persisted as ``services.json``)."""
+
+    prefect_api_url: str
+    mlflow_tracking_uri: str
+    pool: str
+    pids: dict[str, int] = field(default_factory=dict)  # name -> pid (each leads its process group)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """The variables clients need."""
+        return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri}
+
+
+def base_env(root: Path) -> dict[str, str]:
+    """Environment for the services: telemetry off, project-local Prefect home, this venv first on PATH."""
+    env = dict(os.environ)
+    env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="true",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        PREFECT_HOME=env.get("PREFECT_HOME", str(root / ".prefect")),
+        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
+        PREFECT_WORKER_PREFETCH_SECONDS=env.get("PREFECT_WORKER_PREFETCH_SECONDS", "5"),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_port(host: str, port: int, flag: str) -> None:
+    """Raises a clear error when ``port`` is taken."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise TanetError(
+                f"port {port} on {host} is in use; stop what holds it or pass {flag} PORT (0 = any free port)"
+            ) from None
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_healthy(name: str, url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Polls a health URL until it answers, failing clearly if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TanetError(f"{name} exited with status {proc.returncode} while starting; see {log}:\n{_tail(log)}")
+        if healthy(url):
+            return
+        time.sleep(0.2)
+    raise TanetError(f"{name} did not answer {url} within {timeout:.0f} s; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+
+
+def _bin(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_state(state_dir: Path) -> Services | None:
+    """The running services recorded in ``state_dir`` (None if none)."""
+    path = state_dir / STATE
+    if not path.is_file():
+        return None
+    return Services(**json.loads(path.read_text()))
+
+
+def serve(
+    root: Path,
+    *,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    host: str = "127.0.0.1",
+    state_dir: Path | None = None,
+    deploy: bool = True,
+    worker: bool = True,
+    timeout: float = 120.0,
+) -> Services:
+    """Starts the services (see the module docstring); returns what runs where.
+
+    Args:
+        root: the project (holds ``prefect.yaml``).
+        prefect_port: Prefect server port (0: any free port).
+        mlflow_port: MLflow server port (0: any free port).
+        host: bind address.
+        state_dir: where state, logs and the MLflow store live (default ``.tanet/services``).
+        deploy: create the work pool and apply ``prefect.yaml``'s deployments.
+        worker: start a worker for the pool.
+        timeout: seconds to wait for each health check.
+    """
+    state_dir = state_dir or root / ".tanet" / "services"
+    running = read_state(state_dir)
+    if running is not None and any(_alive(pid) for pid in running.pids.values()):
+        raise TanetError(
+            f"services already running ({running.prefect_api_url}, {running.mlflow_tracking_uri}); run `tanet stop` first"
+        )
+    prefect_port = prefect_port or free_port()
+    mlflow_port = mlflow_port or free_port()
+    check_port(host, prefect_port, "--prefect-port")
+    check_port(host, mlflow_port, "--mlflow-port")
+    env = base_env(root)
+    logs = state_dir / "logs"
+    svc = Services(f"http://{host}:{prefect_port}/api", f"http://{host}:{mlflow_port}", POOL)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        procs["prefect-server"] = _spawn(
+            [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+            logs / "prefect-server.log",
+            env,
+            root,
+        )
+        procs["mlflow-server"] = _spawn(
+            [
+                _bin("mlflow"),
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{(state_dir / 'mlflow.db').resolve()}",
+                "--artifacts-destination",
+                str((state_dir / "mlartifacts").resolve()),
+            ],
+            logs / "mlflow-server.log",
+            env,
+            root,
+        )
+        svc.pids = {k: p.pid for k, p in procs.items()}
+        svc.logs = {k: str(logs / f"{k}.log") for k in procs}
+        atomic_write_json(state_dir / STATE, asdict(svc))
+        wait_healthy(
+            "Prefect server",
+            f"{svc.prefect_api_url}/health",
+            procs["prefect-server"],
+            logs / "prefect-server.log",
+            timeout,
+        )
+        wait_healthy(
+            "MLflow server",
+            f"{svc.mlflow_tracking_uri}/health",
+            procs["mlflow-server"],
+            logs / "mlflow-server.log",
+            timeout,
+        )
+        client_env = {**env, **svc.env()}
+        if deploy:
+            _run([_bin("prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], client_env, root)
+            _run(
+                [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+                {**client_env, "TANET_REPO": str(root.resolve())},
+                root,
+            )
+        if worker:
+            procs["prefect-worker"] = _spawn(
+                [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+                logs / "prefect-worker.log",
+                client_env,
+                root,
+            )
+            svc.pids["prefect-worker"] = procs["prefect-worker"].pid
+            svc.logs["prefect-worker"] = str(logs / "prefect-worker.log")
+            time.sleep(1.0)
+            if procs["prefect-worker"].poll() is not None:
+                raise TanetError(
+                    f"Prefect worker exited at start; see {logs / 'prefect-worker.log'}:\n{_tail(logs / 'prefect-worker.log')}"
+                )
+        atomic_write_json(state_dir / STATE, asdict(svc))
+    except BaseException:
+        _stop_groups(svc.pids)
+        (state_dir / STATE).unlink(missing_ok=True)
+        raise
+    return svc
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+    res = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise TanetError(f"{' '.join(cmd[:3])} failed ({res.returncode}):\n{(res.stdout + res.stderr)[-2000:]}")
+
+
+def _stop_groups(pids: dict[str, int], timeout: float = 15.0) -> list[str]:
+    """SIGTERM each process group (worker first), then SIGKILL what remains."""
+    order = sorted(pids, key=lambda k: (k != "prefect-worker", k))
+    stopped = []
+    for name in order:
+        pid = pids[name]
+        if not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        _reap(pid)
+        stopped.append(name)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop(root: Path, state_dir: Path | None = None) -> list[str]:
+    """Stops what ``serve`` started; returns the names stopped. Raises if a process survives."""
+    state_dir = state_dir or root / ".tanet" / "services"
+    svc = read_state(state_dir)
+    if svc is None:
+        return []
+    stopped = _stop_groups(svc.pids)
+    left = [name for name, pid in svc.pids.items() if _alive(pid)]
+    if left:
+        raise TanetError(f"could not stop {', '.join(left)}")
+    (state_dir / STATE).unlink(missing_ok=True)
+    return stopped
+
+
+def status(root: Path, state_dir: Path | None = None) -> dict[str, object]:
+    """Health of the recorded services."""
+    state_dir = state_dir or root / ".tanet" / "services"
+    svc = read_state(state_dir)
+    if svc is None:
+        return {"running": False}
+    return {
+        "running": True,
+        **svc.env(),
+        "prefect_healthy": healthy(f"{svc.prefect_api_url}/health"),
+        "mlflow_healthy": healthy(f"{svc.mlflow_tracking_uri}/health"),
+        "processes": {k: _alive(v) for k, v in svc.pids.items()},
+    }

@@ -1,0 +1,117 @@
+"""``python -m tanet.train {pretrain,train,all}``: the training schedule without Prefect, DVC or MLflow.
+
+Runs on machines with only torch, numpy, pyarrow, opencv and safetensors (the GPU route):
+MLflow is imported only when tracking is on. Under ``torchrun`` it trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from tanet.config import load_params
+from tanet.errors import TanetError
+from tanet.stages.pretrain import pretrain_branch
+from tanet.stages.train import train_joint
+from tanet.train.distributed import dist_info, setup_distributed
+from tanet.io.clips import DataDirs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tanet.train {pretrain,train,all} ...`` (see ``--help``)."""
+    ap = argparse.ArgumentParser(prog="python -m tanet.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("stage", choices=["pretrain", "train", "all"], help="which part of the schedule to run")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--clips", type=Path, default=Path("data/clips"))
+    ap.add_argument("--lr-dir", type=Path, default=Path("data/lr"))
+    ap.add_argument("--flow", type=Path, default=Path("data/flow"))
+    ap.add_argument("--patches", type=Path, default=Path("data/patches"))
+    ap.add_argument("--pretrain-out", type=Path, default=Path("data/models/pretrain"))
+    ap.add_argument("--train-out", type=Path, default=Path("data/models/tanet"))
+    ap.add_argument("--checkpoints", type=Path, default=Path(".tanet/checkpoints"))
+    ap.add_argument("--branch", type=int, default=0, help="pretrain only this branch (1..N); 0 = all")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument(
+        "--tracking",
+        choices=["auto", "mlflow", "none"],
+        default="none",
+        help="MLflow logging (import the run later with `tanet import-run` when none)",
+    )
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after N steps (testing resumption)")
+    args = ap.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    params = load_params(args.params)
+    if args.branch and not 1 <= args.branch <= params.model.num_branches:
+        ap.error(f"--branch must be in 1..{params.model.num_branches}")
+    device = setup_distributed(args.device)
+    dirs = DataDirs(args.clips, args.lr_dir, args.flow, args.patches)
+    from tanet.track.tracking import child_run, stage_run
+
+    rank, _ = dist_info()
+    use_mlflow = rank == 0 and (args.tracking == "mlflow" or (args.tracking == "auto" and _has_mlflow()))
+    results: dict[str, Any] = {}
+    try:
+        # Both stages of `all` nest under one parent run (tanet.track.tracking reuses it per process).
+        if args.stage in ("pretrain", "all"):
+            branches = [args.branch] if args.branch else list(range(1, params.model.num_branches + 1))
+            with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
+                for i in branches:
+                    branch_tr = child_run(tr, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
+                    try:
+                        results[f"branch_{i}"] = pretrain_branch(
+                            params,
+                            i,
+                            dirs,
+                            args.pretrain_out,
+                            args.checkpoints / "pretrain",
+                            device=device,
+                            tracker=branch_tr,
+                            stop_after=args.stop_after,
+                        )
+                    except BaseException:
+                        branch_tr.finish("FAILED")
+                        raise
+                    branch_tr.finish()
+        if args.stage in ("train", "all"):
+            with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
+                results["joint"] = train_joint(
+                    params,
+                    dirs,
+                    args.pretrain_out,
+                    args.train_out,
+                    args.checkpoints / "train",
+                    device=device,
+                    tracker=tr,
+                    stop_after=args.stop_after,
+                )
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def _has_mlflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def run() -> int:
+    """``python -m tanet.train``: user errors (bad params, missing data) as one line, exit 2."""
+    try:
+        return main()
+    except TanetError as err:
+        print(f"tanet.train: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,94 @@
+"""``dvc.yaml``'s code deps are exactly the files each stage's code imports.
+
+A stage runs ``flows/stage.py`` (with ``flows/common.py``) over ``tanet/stages/<stage>.py``;
+its code deps are those two and every ``tanet`` module that the stage module and
+``tanet/config.py`` import, directly or not, at module level or inside functions (static:
+the import statements). The flows' own imports are not followed: ``flows/stage.py`` imports
+each stage's code by name, and the tracking plumbing of ``flows/common.py`` does not decide
+what a stage writes. Left out on
+purpose, as ``dvc.yaml``'s header says: helpers that change how outputs are written, not
+what they hold (``HELPERS``), and package ``__init__`` files that are only imported as
+parents. Run this file as a script to print the lists: ``python tests/test_dvc_deps.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPERS = {"tanet/errors.py", "tanet/io/atomic.py", "tanet/stages/parallel.py"}
+# ``sources`` is always_changed (it runs every time), so it declares no code deps.
+ENTRY = {
+    s: ["flows/stage.py", "flows/common.py", f"tanet/stages/{s}.py"]
+    for s in ("ingest", "degrade", "flow", "patches", "pretrain", "train", "evaluate", "register", "sample")
+}
+
+
+def module_file(module: str) -> str | None:
+    """The repo file of a ``tanet`` module (``tanet.io.video`` -> ``tanet/io/video.py``), if any."""
+    base = ROOT / module.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path.relative_to(ROOT).as_posix()
+    return None
+
+
+def imports_of(path: str) -> set[str]:
+    """Files of the ``tanet`` modules that ``path`` imports (``from tanet.x import y`` may name a module y)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] == "tanet" and (f := module_file(name)) is not None:
+                out.add(f)
+    return out
+
+
+def code_deps(stage: str) -> list[str]:
+    """The code deps of a stage: the closure of its entry files' imports, minus ``HELPERS``."""
+    seen = set(ENTRY[stage]) | {"tanet/config.py"}
+    todo = [f for f in seen if f.startswith("tanet/")]
+    while todo:
+        for dep in imports_of(todo.pop()) - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return sorted(seen - HELPERS)
+
+
+def declared(stage: str) -> list[str]:
+    """The code deps ``dvc.yaml`` declares for a stage (its deps that are not data)."""
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage].get("deps", [])
+    return sorted(d for d in deps if d.startswith(("tanet/", "flows/")))
+
+
+def test_every_stage_has_an_entry() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(ENTRY) | {"sources"}
+    assert stages["sources"]["always_changed"] and not stages["sources"].get("deps")
+
+
+def test_code_deps_match_the_imports() -> None:
+    drift = {s: (declared(s), code_deps(s)) for s in ENTRY if declared(s) != code_deps(s)}
+    assert not drift, "\n".join(
+        f"{s}: dvc.yaml lists {sorted(set(d) - set(c))} not imported; misses {sorted(set(c) - set(d))}"
+        for s, (d, c) in drift.items()
+    )
+
+
+def test_a_new_import_is_seen(tmp_path: Path) -> None:
+    """The closure follows imports inside functions too (the stages import heavy code lazily)."""
+    assert "tanet/infer/pipeline.py" in code_deps("sample")  # imported at module level of stages/sample.py
+    assert "tanet/ops/degrade.py" in imports_of("tanet/stages/sample.py")  # imported inside make_lr_sample
+
+
+if __name__ == "__main__":
+    for s in sys.argv[1:] or ENTRY:
+        print(f"{s}:\n" + "".join(f"      - {d}\n" for d in code_deps(s)))
