@@ -120,6 +120,43 @@ def vfr_mp4(path: Path) -> Path:
     return path
 
 
+def anamorphic_mp4(path: Path, sar: Fraction = Fraction(64, 45)) -> Path:
+    """H.264 with non-square pixels: the stored 64x48 shown ``sar`` times wider (PAL 16:9 is 64:45)."""
+    ffmpeg(*_testsrc(), "-frames:v", "5", "-vf", f"setsar={sar.numerator}/{sar.denominator}", *X264, str(path))
+    return path
+
+
+def colour_tagged_mp4(
+    path: Path, space: str = "bt470bg", primaries: str = "smpte170m", transfer: str = "bt709"
+) -> Path:
+    """H.264 tagged limited range with these matrix/primaries/transfer (distinct ones by default).
+
+    The tags are set on the frames (``setparams``): this ffmpeg's ``-color_primaries`` and
+    ``-color_trc`` output options leave the libx264 stream's primaries and transfer unknown.
+    """
+    tags = f"setparams=range=tv:colorspace={space}:color_primaries={primaries}:color_trc={transfer}"
+    ffmpeg(*_testsrc(), "-frames:v", "5", "-vf", f"{tags},format=yuv420p", *X264, str(path))
+    return path
+
+
+def with_cover_art(path: Path, source: Path) -> Path:
+    """A stream-copy remux of ``source`` with a PNG cover picture (``attached_pic``), mapped first;
+    the mp4 muxer stores it as the last stream all the same."""
+    cover = path.with_suffix(".cover.png")
+    ffmpeg(*_testsrc(), "-frames:v", "1", "-update", "1", str(cover))
+    streams = ("-map", "1", "-map", "0", "-c", "copy", "-disposition:0", "attached_pic")
+    ffmpeg("-i", str(source), "-i", str(cover), *streams, str(path))
+    cover.unlink()
+    return path
+
+
+def frame_count_tagged_mkv(path: Path, frames: int = FRAMES) -> Path:
+    """H.264 in .mkv with the ``NUMBER_OF_FRAMES-eng`` statistics tag as mkvmerge writes it."""
+    tag = ("-metadata:s:v:0", f"NUMBER_OF_FRAMES-eng={frames}")
+    ffmpeg(*_testsrc(), "-frames:v", str(frames), *X264, *tag, str(path))
+    return path
+
+
 def long_clip_mp4(path: Path, *, frames: int = 300, size: tuple[int, int] = (320, 240)) -> Path:
     """A longer clip (default 300 frames, 69 MB decoded) for the constant-memory test."""
     ffmpeg(*_testsrc(size), "-frames:v", str(frames), *X264, "-pix_fmt", "yuv420p", str(path))

@@ -1,9 +1,10 @@
 """Probing a video with the ``ffmpeg`` binary alone: its human-readable stream description parsed.
 
 The imageio-ffmpeg wheel ships ffmpeg without ffprobe, so :func:`probe` runs ``ffmpeg -i FILE``
-and parses what it prints on stderr (stream line, duration, rotation, field order, frame count
-tags); :func:`count_frames` demuxes the stream when the container does not say. The parser is
-pinned by tests over outputs recorded from the pinned binary (``tests/data/ffmpeg_probe``).
+and :func:`parse_description` (pure: text in, :class:`VideoInfo` out) parses what it prints on
+stderr (stream line, duration, rotation, field order, frame count tags); :func:`count_frames`
+demuxes the stream when the container does not say. The parser is pinned by tests over outputs
+recorded from the pinned binary (``tests/data/ffmpeg_probe``, ``tests/test_probe.py``).
 """
 
 from __future__ import annotations
@@ -117,27 +118,47 @@ def probe(path: str | Path) -> VideoInfo:
     """Describes a video file from the stderr of ``ffmpeg -hide_banner -i PATH``.
 
     Without an output file ffmpeg exits 1 ("At least one output file must be
-    specified"); that is expected and the description above it is parsed. The first
-    video stream that is not an attached picture (cover art) is described.
-
-    ``fps`` is the average rate ffmpeg prints ("29.97 fps"), else its base rate ("29.97
-    tbr"), made exact by :func:`_parse_rate`. The average is preferred because N frames
-    written at it last as long as the source, which keeps copied audio in sync even for
-    variable-rate sources; the two differ only for such sources (``variable_frame_rate``).
+    specified"); that is expected and the description above it is parsed by
+    :func:`parse_description`.
 
     Args:
         path: video file.
 
     Returns:
-        The stream description. ``num_frames`` is None unless the container states it
-        (mkvmerge's ``NUMBER_OF_FRAMES`` tag); use :func:`count_frames` when needed.
+        The description of its first video stream (see :func:`parse_description`).
 
     Raises:
         VideoError: the file is missing, empty, not a video, damaged in its header, or
             has no video stream; the message names the file and gives a one-line reason.
     """
     path = Path(path)
-    text = _ffmpeg_describe(path)
+    return parse_description(_ffmpeg_describe(path), path)
+
+
+def parse_description(text: str, path: str | Path) -> VideoInfo:
+    """Parses what ``ffmpeg -i PATH`` prints on stderr into a :class:`VideoInfo`; reads no file.
+
+    The first video stream that is not an attached picture (cover art) is described.
+    ``fps`` is the average rate ffmpeg prints ("29.97 fps"), else its base rate ("29.97
+    tbr"), made exact by :func:`_parse_rate`. The average is preferred because N frames
+    written at it last as long as the source, which keeps copied audio in sync even for
+    variable-rate sources; the two differ only for such sources (``variable_frame_rate``).
+
+    Args:
+        text: ffmpeg's stderr for the file.
+        path: the file it describes (for ``VideoInfo.path`` and error messages).
+
+    Returns:
+        The stream description. ``num_frames`` is None unless the container states it
+        (mkvmerge's ``NUMBER_OF_FRAMES`` tag); use :func:`count_frames` when needed.
+
+    Raises:
+        VideoError: the text describes no input (ffmpeg could not open the file), no video
+            stream, or a stream without pixel format, size or rate; one-line reason.
+    """
+    path = Path(path)
+    if "Input #0" not in text:
+        raise VideoError(path, f"not a readable video: {_one_line_reason(text)}")
     streams = _streams(text)
     video = next((s for s in streams if s.kind == "Video" and "(attached pic)" not in s.desc), None)
     if video is None:
@@ -187,7 +208,8 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def _ffmpeg_describe(path: Path) -> str:
-    """Runs ``ffmpeg -i`` on a file and returns its description, or raises VideoError."""
+    """Runs ``ffmpeg -i`` on a file and returns its stderr (the description, or ffmpeg's complaint
+    when it cannot open the file); raises VideoError when there is no file to read or ffmpeg hangs."""
     if not path.exists():
         raise VideoError(path, "file does not exist")
     if path.is_dir():
@@ -199,10 +221,7 @@ def _ffmpeg_describe(path: Path) -> str:
         proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise VideoError(path, f"ffmpeg took more than {_PROBE_TIMEOUT_S} s to read the header") from None
-    text = proc.stderr.decode("utf-8", "replace")
-    if "Input #0" not in text:
-        raise VideoError(path, f"not a readable video: {_one_line_reason(text)}")
-    return text
+    return proc.stderr.decode("utf-8", "replace")
 
 
 def _one_line_reason(text: str) -> str:
