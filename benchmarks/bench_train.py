@@ -28,9 +28,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tanet import train as T
 from tanet.config import OptimParams
 from tanet.models import tanet_s
+from tanet.train.job import Job, build_model
+from tanet.train.loop import compute_loss, learning_rate_at, make_optimizer, train_step
 
 
 def _legacy_augment(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -49,7 +50,7 @@ def _legacy_augment(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dic
 
 
 def _legacy_step(
-    job: T.Job,
+    job: Job,
     net: nn.Module,
     opt: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
@@ -59,8 +60,8 @@ def _legacy_step(
 ) -> object:
     batch = _legacy_augment(batch, torch.Generator().manual_seed(step))
     for group in opt.param_groups:
-        group["lr"] = T.lr_at(step, job.optim)
-    loss, _ = T.compute_loss(job, net, batch, device)
+        group["lr"] = learning_rate_at(step, job.optim)
+    loss, _ = compute_loss(job, net, batch, device)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -77,11 +78,9 @@ def _setup(
     legacy: bool,
 ) -> Callable[[int], object]:
     cfg = tanet_s(scale=4, alignment="rof", align_block=patch)
-    job = T.Job(kind, branch, cfg, OptimParams(steps=10_000, batch_size=batch, precision=precision))  # type: ignore[arg-type]
-    model = T.build_model(job).to(device)
-    opt = (
-        torch.optim.AdamW(model.parameters(), lr=job.optim.lr) if legacy else T.make_optimizer(model, job.optim, device)
-    )
+    job = Job(kind, branch, cfg, OptimParams(steps=10_000, batch_size=batch, precision=precision))  # type: ignore[arg-type]
+    model = build_model(job).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=job.optim.lr) if legacy else make_optimizer(model, job.optim, device)
     gen = torch.Generator().manual_seed(0)
     data = {
         "rof": torch.randint(
@@ -89,7 +88,7 @@ def _setup(
         ),
         "hr": torch.randint(0, 256, (batch, cfg.channels, 4 * patch, 4 * patch), dtype=torch.uint8, generator=gen),
     }
-    step_fn = _legacy_step if legacy else T.train_step
+    step_fn = _legacy_step if legacy else train_step
 
     def run(step: int) -> object:
         return step_fn(job, model, opt, data, step, device)

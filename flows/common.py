@@ -18,13 +18,12 @@ import atexit
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tanet.errors import raise_on_termination
-from tanet.track.services import free_port
+from tanet.track.services import TELEMETRY_OFF, free_port, wait_healthy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,9 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def prefect_env() -> None:
     """Telemetry off and a project-local PREFECT_HOME, before Prefect is imported."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
@@ -91,21 +89,15 @@ class TemporaryServer:
 
     def wait(self, timeout: float = 90.0) -> None:
         """Blocks until the server answers its health check (or fails clearly)."""
-        import httpx
-
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise SystemExit(f"temporary Prefect server exited with status {self.proc.returncode}: {err[-800:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"temporary Prefect server at {self.url} not ready after {timeout:.0f} s")
+
+        def stderr_tail() -> str:
+            proc = self.proc
+            if proc is None or proc.stderr is None or proc.poll() is None:  # reading a live pipe would block
+                return "it is still starting"
+            return f"its output: {proc.stderr.read().decode(errors='replace')[-800:]}"
+
+        wait_healthy("temporary Prefect server", f"{self.url}/health", self.proc, timeout, stderr_tail, poll=0.1)
 
     def stop(self) -> None:
         """Terminates the server (idempotent)."""

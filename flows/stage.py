@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     # (PREFECT_LOGGING_EXTRA_LOGGERS); the level is ours to set.
     logging.getLogger("tanet").setLevel(logging.INFO)
     kwargs = stage_kwargs(args.stage, args)
-    if server is not None:
-        server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     try:
+        if server is not None:
+            server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
         run_stage_flow(args.stage, args.params, kwargs, args.task_runner)
     except TanetError as err:
         print(f"{args.stage}: error: {err}", file=sys.stderr)

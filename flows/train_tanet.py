@@ -27,6 +27,7 @@ from flows.common import ROOT
 from tanet.config import dump_params, params_from_dict, preset_params, set_key
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_text
+from tanet.stages.evaluate import markdown_report
 from tanet.track.tracking import PARENT_ENV, new_parent_run, tracking_uri
 
 
@@ -116,17 +117,14 @@ def dvc(args: list[str], env: dict[str, str]) -> str:
 
 
 def _report(eval_json: dict[str, Any], registration: dict[str, Any]) -> str:
-    rows = ["| dataset | method | Y-PSNR (dB) | SSIM |", "|---|---|---|---|"]
-    for ds, methods in eval_json.items():
-        for m in ("bicubic", "tanet", *sorted(k for k in methods if k.startswith("branch_"))):
-            if m in methods:
-                rows.append(f"| {ds} | {m} | {methods[m]['psnr']:.2f} | {methods[m]['ssim']:.4f} |")
+    branches = sorted({k for methods in eval_json.values() for k in methods if k.startswith("branch_")})
+    table = markdown_report(eval_json, ["bicubic", "lanczos", "tanet", *branches])
     return (
         "# tanet training run\n\n"
         f"Registered **{registration['model_name']}** version **{registration['version']}** "
         f"(aliases: {', '.join(registration['aliases'])}) in `{registration['tracking_uri']}`: "
         f'{registration["decision"]}.\n\nLoad it with `mlflow.pyfunc.load_model("{registration["model_uri"]}")` '
-        f"or `tanet upscale IN OUT --model {registration['model_uri']}`.\n\n" + "\n".join(rows) + "\n"
+        f"or `tanet upscale IN OUT --model {registration['model_uri']}`.\n\n" + table + "\n"
     )
 
 

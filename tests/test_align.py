@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from tanet.ops.color import round_half_away
 from tanet.ops.optical_flow import estimate_flow
-from tanet.ops.rof import align_window, apply_block_shifts, block_shifts, patch_shifts, round_half_away, shift_crop
+from tanet.ops.rof import align_window, apply_block_shifts, block_shifts, patch_shifts, shift_crop
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -55,6 +56,7 @@ def test_patch_shifts_match_block_means() -> None:
 
 def test_round_half_away_from_zero() -> None:
     np.testing.assert_array_equal(round_half_away(np.array([0.5, -0.5, 1.5, -1.5, 0.49, -2.51])), [1, -1, 2, -2, 0, -3])
+    assert patch_shifts(np.full((16, 16, 2), -2.5), np.array([0]), np.array([0]), 16).tolist() == [[-3, -3]]
 
 
 def test_block_grid_edges_average_only_covered_pixels() -> None:

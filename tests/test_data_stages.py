@@ -33,6 +33,7 @@ import torch
 from tanet.config import params_from_dict, preset_params
 from tanet.data.loader import PatchLoader
 from tanet.errors import InputError, TanetError
+from tanet.io.checksum import sha256_file
 from tanet.io.clips import load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb, write_rgb
 from tanet.io.shards import (
@@ -40,7 +41,6 @@ from tanet.io.shards import (
     PatchLayout,
     ShardWriter,
     read_patch_manifest,
-    sha256_file,
     write_patch_manifest,
 )
 from tanet.ops.color import rgb_to_y_uint8, to_numpy, to_tensor

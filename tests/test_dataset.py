@@ -1,4 +1,4 @@
-"""PatchLoader / PatchDataset: batch layout, epoch coverage, resuming, sharding, prefetching.
+"""PatchLoader: batch layout, epoch coverage, resuming, sharding, prefetching.
 
 The shards are written with the patches stage's own ``ShardWriter`` and manifest, with
 content that encodes each row's id in every column (lr, rof, hr, shift), so a test can tell
@@ -15,9 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from tanet.data.loader import LoaderState, PatchDataset, PatchLoader
+from tanet.data.loader import LoaderState, PatchLoader
 from tanet.errors import InputError
 from tanet.io.shards import DEFAULT_ZSTD_LEVEL, PatchLayout, ShardWriter, read_patch_manifest, write_patch_manifest
 
@@ -253,21 +252,6 @@ def test_prefetching_yields_the_plain_sequence(data_dir: Path) -> None:
     again = PatchLoader(data_dir, BS, shuffle_groups=3, verify=False)
     again.state = ahead.state
     assert_same_batches(take(again.prefetching(), 4), take(iter(plain), 4))
-
-
-def test_patch_dataset_under_a_dataloader_with_two_workers(data_dir: Path) -> None:
-    ds = PatchDataset(data_dir, 4, shuffle_groups=2)
-    got = take(iter(DataLoader(ds, batch_size=None, num_workers=2)), 8)
-    for batch in got:
-        assert batch["lr"].shape == (4, LAYOUT.num_frames, LAYOUT.channels, LAYOUT.patch, LAYOUT.patch)
-        assert batch["hr"].dtype == torch.uint8 and batch["theta"].dtype == torch.float32
-        ids_of(batch)
-    # The DataLoader alternates workers; worker w is consumer w of 2.
-    for w in range(2):
-        expected = take(iter(PatchLoader(data_dir, 4, shuffle_groups=2, consumer=w, num_consumers=2)), 4)
-        assert_same_batches(got[w::2], expected)
-    worker_ids = [set(np.concatenate([ids_of(b) for b in got[w::2]]).tolist()) for w in range(2)]
-    assert not worker_ids[0] & worker_ids[1]
 
 
 # --- decoding options and foreign shards ----------------------------------------------------

@@ -179,7 +179,8 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
     record = json.loads((repo / "metrics/register.json").read_text())
     assert record["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}" and record["version"] == "1"
     # ...and, with no TANET_PARENT_RUN_ID, the stages of that one `dvc repro` still nest under
-    # one parent run (the first stage records it in .tanet/parent_run.json for the others).
+    # one parent run: the always-changed sources stage starts a pipeline token
+    # (.tanet/pipeline.json), the first tracked stage records its run beside it.
     code = (
         "import json, mlflow\n"
         "runs = mlflow.search_runs(experiment_names=['tanet'], output_format='list')\n"

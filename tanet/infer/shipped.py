@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tanet.errors import TanetError
+from tanet.io.markdown import markdown_table
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 CARD = "card.json"
@@ -84,15 +85,15 @@ def render_card(card: dict[str, Any]) -> str:
         ("git commit", card["git_commit"]),
         ("sha256 of model.safetensors", card["sha256"]),
     ]
-    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    lines += [*markdown_table(["", ""], rows), ""]
     lines += [
         "## Figures (Y-PSNR dB / SSIM, x4, all frames, crop 0)",
         "",
-        "| data | bicubic | ffmpeg lanczos | model |",
-        "|---|---|---|---|",
+        *markdown_table(
+            ["data", "bicubic", "ffmpeg lanczos", "model"],
+            [[r["data"], r["bicubic"], r.get("lanczos", ""), r["model"]] for r in card["figures"]],
+        ),
     ]
-    for row in card["figures"]:
-        lines.append(f"| {row['data']} | {row['bicubic']} | {row.get('lanczos', '')} | {row['model']} |")
     crop = card["crop"]
     lines += [
         "",

@@ -109,10 +109,10 @@ def process_start_ticks(pid: int) -> str | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of that id exists (one of another user's counts)."""
+def pid_alive(pid: int, group: bool = False) -> bool:
+    """Whether a process (``group``: a process group) of that id exists (one of another user's counts)."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

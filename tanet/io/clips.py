@@ -6,11 +6,12 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tanet.errors import InputError
 
+from tanet.errors import InputError
 
 CLIPS_MANIFEST = "manifest.parquet"
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from tanet.config import PatchesParams
 from tanet.errors import InputError
 from tanet.io.atomic import atomic_write_json
-from tanet.ops.color import rgb_to_y_uint8
+from tanet.io.checksum import sha256_file
 
 SHARDS_MANIFEST = "manifest.json"
 
@@ -62,12 +59,6 @@ class PatchLayout:
         fields += [pa.field(f"rof_{k}", pa.binary(self.lr_bytes)) for k in range(self.num_frames) if k != self.centre]
         fields += [pa.field("hr", pa.binary(self.hr_bytes)), pa.field("shift", pa.binary(2 * (self.num_frames - 1)))]
         return pa.schema(fields)
-
-
-def planes(rgb: np.ndarray, channels: int) -> np.ndarray:
-    """``(H, W, 3)`` uint8 -> planar ``(C, H, W)``: Y (BT.601, MATLAB) or RGB."""
-    chw = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    return (rgb_to_y_uint8(chw) if channels == 1 else chw).contiguous().numpy()
 
 
 class ShardWriter:
@@ -163,15 +154,6 @@ class ShardWriter:
                 if self._tmp is not None:
                     self._tmp.unlink(missing_ok=True)
                 self._tmp = None
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_patch_manifest(

@@ -22,19 +22,20 @@ layout that ``tanet.io.frames`` reads and writes.
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import torch
 
 __all__ = [
     "rgb_to_y_uint8",
     "rgb_to_ycbcr",
-    "rgb_to_ycbcr_uint8",
     "round_half_away",
     "to_numpy",
     "to_tensor",
+    "planes",
     "to_uint8",
     "ycbcr_to_rgb",
-    "ycbcr_to_rgb_uint8",
 ]
 
 # MATLAB's origT and origOffset: RGB in [0, 1] -> YCbCr in [0, 255].
@@ -83,14 +84,24 @@ def _lincomb(x: torch.Tensor, coeffs: np.ndarray, offset: np.ndarray, rows: rang
     return torch.stack(out, dim=-3)
 
 
-def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    """Rounds half away from zero (MATLAB ``round``), unlike ``torch.round`` (half to even).
+@overload
+def round_half_away(x: torch.Tensor) -> torch.Tensor: ...
+@overload
+def round_half_away(x: np.ndarray) -> np.ndarray: ...
+def round_half_away(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Rounds half away from zero (MATLAB ``round``), unlike ``torch.round``/``np.round`` (half to even).
 
-    ``x - trunc(x)`` is exact in floating point, so ties are detected exactly.
+    ``x - trunc(x)`` is exact in floating point, so ties are detected exactly (``floor(|x| +
+    0.5)`` would round 0.49999999999999994 up). Tensors and numpy arrays alike.
 
     >>> round_half_away(torch.tensor([0.5, 1.5, 2.5, -0.5, 2.4999])).tolist()
     [1.0, 2.0, 3.0, -1.0, 2.0]
+    >>> round_half_away(np.array([0.5, -1.5, 0.49999999999999994])).tolist()
+    [1.0, -2.0, 0.0]
     """
+    if isinstance(x, np.ndarray):
+        whole_np = np.trunc(x)
+        return whole_np + np.where(np.abs(x - whole_np) >= 0.5, np.sign(x), 0.0)
     whole = torch.trunc(x)
     return whole + torch.where((x - whole).abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
 
@@ -156,34 +167,6 @@ def ycbcr_to_rgb_affine() -> tuple[np.ndarray, np.ndarray]:
     return coeffs, -offset
 
 
-def rgb_to_ycbcr_uint8(rgb: torch.Tensor) -> torch.Tensor:
-    """RGB uint8 -> YCbCr uint8 as MATLAB: float64 lincomb, round half away, saturate.
-
-    Args:
-        rgb: ``(..., 3, H, W)`` uint8.
-
-    Returns:
-        ``(..., 3, H, W)`` uint8 YCbCr.
-    """
-    _check_uint8(rgb, "rgb_to_ycbcr_uint8")
-    coeffs, offset = _forward_coeffs(1.0)
-    return to_uint8(_lincomb(rgb.to(torch.float64), coeffs, offset, range(3)))
-
-
-def ycbcr_to_rgb_uint8(ycbcr: torch.Tensor) -> torch.Tensor:
-    """YCbCr uint8 -> RGB uint8 as MATLAB: ``255 inv(T) (ycbcr - offset)``, rounded, saturated.
-
-    Args:
-        ycbcr: ``(..., 3, H, W)`` uint8.
-
-    Returns:
-        ``(..., 3, H, W)`` uint8 RGB.
-    """
-    _check_uint8(ycbcr, "ycbcr_to_rgb_uint8")
-    coeffs, offset = _inverse_coeffs(255.0)
-    return to_uint8(_lincomb(ycbcr.to(torch.float64), coeffs, -offset, range(3)))
-
-
 def rgb_to_y_uint8(rgb: torch.Tensor) -> torch.Tensor:
     """Y channel of uint8 RGB as MATLAB computes it (the field's metric input).
 
@@ -216,3 +199,9 @@ def to_numpy(image: torch.Tensor) -> np.ndarray:
     if image.ndim < 3:
         raise ValueError(f"to_numpy expects shape (..., C, H, W), got {tuple(image.shape)}")
     return image.detach().movedim(-3, -1).contiguous().cpu().numpy()
+
+
+def planes(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 numpy frame -> planar ``(C, H, W)``: Y (``channels == 1``: BT.601, MATLAB) or RGB."""
+    chw = to_tensor(rgb)
+    return (rgb_to_y_uint8(chw) if channels == 1 else chw).contiguous().numpy()

@@ -23,8 +23,8 @@ float32 and misses 26 values of calendar BIx4 by one, all near rounding ties
 Resizing is two cached separable weight matrices applied by matmul, so it runs on any
 device and is differentiable with respect to the image.
 
-Sampling a random degradation (``sample_degradation``) is separate from applying one
-(``apply_degradation``): a run logs the sampled ``Degradation`` and can replay it.
+A ``Degradation`` records what was applied (kind, scale, BD's sigma and kernel size), so a
+run logs it and :func:`apply_degradation` replays it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import functools
 import math
 from typing import Literal
 
-import numpy as np
 import torch
 
 from tanet.ops.color import to_uint8
@@ -46,11 +45,9 @@ __all__ = [
     "apply_degradation",
     "bd_degrade",
     "bi_degrade",
-    "bicubic_upscale",
-    "gaussian_kernel2d",
+    "gaussian_taps",
     "imresize",
     "mod_crop",
-    "sample_degradation",
 ]
 
 DegradationKind = Literal["BI", "BD"]
@@ -252,23 +249,6 @@ def upscale_integer(x: torch.Tensor, scale: int) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bicubic upscaling by an integer factor (the baseline), MATLAB kernel, exact ``imresize``.
-
-    Video chroma uses :func:`upscale_integer`, the same function computed faster.
-
-    Args:
-        lr: ``(..., H, W)`` floating tensor.
-        scale: integer factor >= 1.
-
-    Returns:
-        ``(..., scale*H, scale*W)``, not clipped.
-    """
-    if not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"bicubic_upscale expects an integer scale >= 1, got {scale!r}")
-    return imresize(lr, scale=float(scale))
-
-
 # ---------------------------------------------------------------------------------------
 # BI and BD
 # ---------------------------------------------------------------------------------------
@@ -322,32 +302,11 @@ def bi_degrade(hr_u8: torch.Tensor, scale: int) -> torch.Tensor:
     return to_uint8(lr)
 
 
-def gaussian_kernel2d(size: int, sigma: float) -> torch.Tensor:
-    """Normalised 2-D Gaussian, MATLAB ``fspecial('gaussian', size, sigma)``, float64.
-
-    ``k(i, j) ∝ exp(-(i² + j²) / (2 sigma²))`` for ``i, j`` in ``-(size-1)/2 .. (size-1)/2``,
-    summing to 1.
-
-    >>> round(gaussian_kernel2d(13, 1.6).sum().item(), 12)
-    1.0
-    """
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"gaussian_kernel2d expects an odd size, got {size}")
-    if not sigma > 0:
-        raise ValueError(f"gaussian_kernel2d expects sigma > 0, got {sigma}")
-    half = (size - 1) / 2
-    t = torch.arange(size, dtype=torch.float64) - half
-    k = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma**2))
-    # MATLAB fspecial('gaussian') zeroes values below eps * max before normalising.
-    k = torch.where(k < torch.finfo(torch.float64).eps * k.max(), torch.zeros_like(k), k)
-    return k / k.sum()
-
-
 def bd_degrade(hr_u8: torch.Tensor, scale: int, sigma: float = 1.6, kernel_size: int = 13) -> torch.Tensor:
     """BD: mod-crop, Gaussian blur, keep every ``scale``-th pixel from (0, 0), to uint8.
 
     ``lr[i, j] = Q( sum_{a,b} k(a, b) hr_pad[scale*i + a, scale*j + b] )`` with ``k`` the
-    normalised ``kernel_size``² Gaussian (``gaussian_kernel2d``), ``hr_pad`` the frame in
+    normalised ``kernel_size``² Gaussian (MATLAB ``fspecial('gaussian')``), ``hr_pad`` the frame in
     float64 [0, 255] padded by ``kernel_size // 2`` replicated border pixels, and ``Q``
     the rounding below. Computed separably as two cached matrices (blur + decimation per
     axis), like ``imresize``. The same sigma and kernel size serve every scale: the support
@@ -390,6 +349,17 @@ def bd_degrade(hr_u8: torch.Tensor, scale: int, sigma: float = 1.6, kernel_size:
     return _bd_quantize(lr)
 
 
+def gaussian_taps(size: int, sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of odd ``size``, float64; its outer product is MATLAB's normalised 2-D one.
+
+    >>> round(float(gaussian_taps(13, 1.6).sum()), 12), gaussian_taps(3, 1.0).argmax().item()
+    (1.0, 1)
+    """
+    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
 @functools.lru_cache(maxsize=32)
 def _blur_decimate_matrix(
     in_len: int, scale: int, sigma: float, kernel_size: int, device: torch.device
@@ -406,9 +376,7 @@ def _blur_decimate_matrix(
     """
     with torch.inference_mode(False), torch.no_grad():
         half = kernel_size // 2
-        t = torch.arange(-half, half + 1, dtype=torch.float64)
-        g = torch.exp(-(t**2) / (2 * sigma**2))
-        g = g / g.sum()
+        g = gaussian_taps(kernel_size, sigma)
         out_len = in_len // scale
         centres = torch.arange(out_len)[:, None] * scale
         cols = (centres + torch.arange(-half, half + 1)).clamp(0, in_len - 1)  # (out_len, kernel_size)
@@ -461,33 +429,3 @@ def apply_degradation(hr_u8: torch.Tensor, deg: Degradation) -> torch.Tensor:
     if deg.kind == "BI":
         return bi_degrade(hr_u8, deg.scale)
     return bd_degrade(hr_u8, deg.scale, sigma=deg.sigma, kernel_size=deg.kernel_size)
-
-
-def sample_degradation(
-    rng: np.random.Generator,
-    kind: DegradationKind,
-    scale: int,
-    sigma_range: tuple[float, float] = (1.6, 1.6),
-    kernel_size: int = 13,
-) -> Degradation:
-    """Draws a degradation; only BD's sigma is random (uniform in ``sigma_range``).
-
-    BI has no free parameter, so it consumes no random numbers.
-
-    Args:
-        rng: the run's generator (its state is the only source of randomness).
-        kind: "BI" or "BD".
-        scale: one of SCALES.
-        sigma_range: ``(lo, hi)`` with ``0 < lo <= hi``; the default is the fixed 1.6.
-        kernel_size: odd BD kernel side; 13 covers +-3 sigma up to sigma 2.
-
-    Returns:
-        A ``Degradation`` to log and to pass to ``apply_degradation``.
-    """
-    lo, hi = sigma_range
-    if not 0 < lo <= hi:
-        raise ValueError(f"sample_degradation expects 0 < lo <= hi in sigma_range, got {sigma_range}")
-    if kind == "BI":
-        return Degradation("BI", scale)
-    sigma = lo if lo == hi else float(rng.uniform(lo, hi))
-    return Degradation(kind, scale, sigma=sigma, kernel_size=kernel_size)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tanet.ops.color import rgb_to_y_uint8, to_numpy
+from tanet.ops.degrade import gaussian_taps
 
 __all__ = [
     "SSIM_SIGMA",
@@ -90,13 +91,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor, crop: int = 0, data_range: float = 25
 
 
 @functools.lru_cache(maxsize=8)
-def _gaussian_taps(size: int, sigma: float) -> tuple[float, ...]:
-    """Normalised 1-D Gaussian; its outer product is MATLAB's normalised 2-D window."""
-    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    return tuple((g / g.sum()).tolist())
-
-
 def _filter_valid(x: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:
     """Valid 1-D correlation of axis ``dim`` (-2 or -1) with ``taps``, in x's dtype.
 
@@ -142,7 +136,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, crop: int = 0, data_range: float = 25
     a = a.reshape(-1, 1, h, w)
     b = b.reshape(-1, 1, h, w)
     maps = torch.cat([a, b, a * a, b * b, a * b], dim=1)  # (N, 5, H, W), filtered alike
-    taps = _gaussian_taps(SSIM_WINDOW, SSIM_SIGMA)
+    taps = tuple(gaussian_taps(SSIM_WINDOW, SSIM_SIGMA).tolist())
     maps = _filter_valid(_filter_valid(maps, taps, -2), taps, -1)  # (N, 5, H - 10, W - 10)
     mu_a, mu_b, e_aa, e_bb, e_ab = maps.unbind(dim=1)
     c1 = (_K1 * data_range) ** 2

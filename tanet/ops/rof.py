@@ -26,12 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tanet.ops.color import round_half_away
 from tanet.ops.optical_flow import DisPreset, FlowMethod, estimate_flow
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """Rounds half away from zero (MATLAB's ``round``), as int32."""
-    return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int32)
 
 
 def patch_shifts(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
@@ -55,7 +51,7 @@ def patch_shifts(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) ->
     integral[1:, 1:] = flow.astype(np.float64).cumsum(0).cumsum(1)
     y1, x1 = ys + size, xs + size
     sums = integral[y1, x1] - integral[ys, x1] - integral[y1, xs] + integral[ys, xs]
-    return round_half_away(sums / (size * size))
+    return round_half_away(sums / (size * size)).astype(np.int32)
 
 
 def block_shifts(flow: np.ndarray, block: int) -> np.ndarray:
@@ -76,7 +72,7 @@ def block_shifts(flow: np.ndarray, block: int) -> np.ndarray:
     heights = np.minimum(block, h - np.arange(nby) * block)
     widths = np.minimum(block, w - np.arange(nbx) * block)
     counts = heights[:, None] * widths[None, :]
-    return round_half_away(sums / counts[..., None])
+    return round_half_away(sums / counts[..., None]).astype(np.int32)
 
 
 def shift_crop(frame: np.ndarray, y0: int, x0: int, h: int, w: int, dx: int, dy: int) -> np.ndarray:
@@ -163,3 +159,9 @@ def neighbour_offsets(num_branches: int) -> np.ndarray:
     """Time offsets of the 2N-2 neighbours, in time order: -(N-1) .. -1, 1 .. N-1."""
     r = num_branches - 1
     return np.array([o for o in range(-r, r + 1) if o != 0], np.int16)
+
+
+def window_indices(t: int, num_frames: int, total: int) -> list[int]:
+    """Frame indices of the window centred on ``t``, clamped at the clip's ends."""
+    half = num_frames // 2
+    return [min(max(t + k, 0), total - 1) for k in range(-half, half + 1)]

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from tanet.infer.evaluation import (
     vid4_reference_clips,
 )
 from tanet.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+from tanet.io.markdown import markdown_table
 from tanet.io.model_files import load_model_dir
 from tanet.models.vsr import VSRNet
 from tanet.ops.degrade import Degradation
@@ -133,13 +134,15 @@ def run_evaluate(
     return result
 
 
-def markdown_report(result: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown table of ``eval.json``: one row per dataset and method."""
-    lines = ["| dataset | method | Y-PSNR (dB) | SSIM | tOF |", "|---|---|---|---|---|"]
-    for ds, methods in result.items():
-        for method, v in methods.items():
-            lines.append(f"| {ds} | {method} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v.get('tof', '')} |")
-    return "\n".join(lines)
+def markdown_report(result: dict[str, dict[str, dict[str, float]]], methods: Sequence[str] | None = None) -> str:
+    """Markdown table of ``eval.json``: one row per dataset and method (all, or ``methods`` in that order)."""
+    rows = [
+        [ds, m, f"{v[m]['psnr']:.2f}", f"{v[m]['ssim']:.4f}", v[m].get("tof", "")]
+        for ds, v in result.items()
+        for m in (methods if methods is not None else v)
+        if m in v
+    ]
+    return "\n".join(markdown_table(["dataset", "method", "Y-PSNR (dB)", "SSIM", "tOF"], rows))
 
 
 def load_eval(path: Path) -> dict[str, Any]:

@@ -16,27 +16,21 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tanet.config import Params
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from tanet.io.clips import lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
-from tanet.ops.color import rgb_to_y_uint8
+from tanet.ops.color import planes
 from tanet.ops.optical_flow import DisPreset, FlowMethod, estimate_flow
-from tanet.ops.rof import block_shifts, neighbour_offsets
+from tanet.ops.rof import block_shifts, neighbour_offsets, window_indices
 from tanet.stages.parallel import Mapper, serial_map
-
-
-def y_plane(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 Y (MATLAB rgb2ycbcr, rounded) of an ``(H, W, 3)`` uint8 frame, as ``(H, W)`` uint8."""
-    return rgb_to_y_uint8(torch.from_numpy(rgb).permute(2, 0, 1))[0].numpy()
 
 
 def load_y_frames(folder: Path) -> np.ndarray:
     """All frames of a folder as Y planes ``(F, H, W)`` uint8."""
-    return np.stack([y_plane(read_rgb(f)) for f in list_frames(folder)])
+    return np.stack([planes(read_rgb(f), 1)[0] for f in list_frames(folder)])
 
 
 def flow_clip(
@@ -55,10 +49,11 @@ def flow_clip(
     flows = np.zeros((f, len(offsets), h, w, 2), np.float16)
     shifts = np.zeros((f, len(offsets), nby, nbx, 2), np.int16)
     computed = 0
+    r = num_branches - 1
     for t in range(f):
         done: dict[int, int] = {}  # neighbour frame -> slot already holding its flow (clamped ends repeat)
-        for j, off in enumerate(offsets):
-            s = min(max(t + int(off), 0), f - 1)
+        window = window_indices(t, 2 * r + 1, f)
+        for j, s in enumerate(window[:r] + window[r + 1 :]):  # the neighbours, in the order of ``offsets``
             if s == t:
                 continue
             if s in done:

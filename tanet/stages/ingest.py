@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 
 from tanet.config import IngestParams, Params
-from tanet.data.sources import Source, discover_sources, file_sha256, is_val_clip
+from tanet.data.sources import Source, discover_sources, is_val_clip
 from tanet.errors import ConfigError, InputError, TanetError
 from tanet.io.atomic import atomic_dir, atomic_write_json
+from tanet.io.checksum import sha256_file
 from tanet.io.clips import CLIPS_MANIFEST, QUARANTINE, ClipRecord, write_manifest
 from tanet.io.frames import write_rgb
 from tanet.stages.parallel import Mapper, serial_map
@@ -125,7 +126,7 @@ def ingest_one(
         source_path=str(source.path),
         origin=source.origin,
         licence=source.licence,
-        sha256=file_sha256(source.path),
+        sha256=sha256_file(source.path),
         frames=kept,
         source_frames=decoded,
         width=w,

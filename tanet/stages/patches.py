@@ -20,7 +20,6 @@ the loader instead of being read as valid.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,15 +31,13 @@ from tanet.errors import InputError, TanetError
 from tanet.io.atomic import atomic_dir
 from tanet.io.clips import ClipRecord, load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
-from tanet.io.shards import PatchLayout, ShardWriter, planes, write_patch_manifest
+from tanet.io.shards import PatchLayout, ShardWriter, write_patch_manifest
+from tanet.ops.color import planes
 from tanet.ops.rof import neighbour_offsets, patch_shifts, shift_crop
+from tanet.ops.seeds import seed_of
 from tanet.stages.parallel import Mapper, serial_map
 
 _CANDIDATES = 4  # candidate positions drawn per wanted patch (for the min_std filter)
-
-
-def _seed(seed: int, clip_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{clip_id}".encode()).digest()[:8], "little")
 
 
 def sample_positions(
@@ -81,7 +78,7 @@ def clip_rows(
             flow_file, f"flows {flows['flow'].shape[:4]} do not match the LR clip ({f}, {h}x{w}); re-run the flow stage"
         )
     luma = lr if layout.channels == 1 else np.stack([planes(read_rgb(x), 1) for x in lr_files])
-    rng = np.random.default_rng(_seed(pp.seed, clip.clip_id))
+    rng = np.random.default_rng(seed_of(pp.seed, clip.clip_id))
     for t in range(t_half, f - t_half):
         pos = sample_positions(rng, luma[t, 0], p, pp.patches_per_frame, pp.min_std)
         if len(pos) == 0:

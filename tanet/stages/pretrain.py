@@ -6,27 +6,24 @@ neighbours (``pretrain.init_from_branch1``), so each begins where branch 1 ends.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-import os
 import torch
 from safetensors.torch import load_file
 
 from tanet.config import Params
 from tanet.data.valset import ValClip, load_val_clips
 from tanet.errors import TanetError
-from tanet.io.model_files import CKPT_WEIGHTS
-from tanet.track.tracking import Tracker
-from tanet.train.distributed import dist_info
-from tanet.train.job import Job
-from tanet.io.clips import DataDirs
-from tanet.train.loop import model_meta, run_job
-from tanet.stages.parallel import Mapper
 from tanet.io.atomic import atomic_write_json
-from tanet.track.tracking import child_run
-from tanet.train.distributed import resolve_device
-from tanet.stages.parallel import serial_map
+from tanet.io.clips import DataDirs
+from tanet.io.model_files import CKPT_WEIGHTS
+from tanet.stages.parallel import Mapper, serial_map
+from tanet.track.tracking import Tracker, child_run
+from tanet.train.distributed import dist_info, resolve_device
+from tanet.train.job import Job
+from tanet.train.loop import model_meta, run_job
 
 
 def branch_job(params: Params, i: int) -> Job:

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 import tanet
+from tanet.config import Params
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.model_files import MODEL_META
-from tanet.track.tracking import Tracker, configure_mlflow, flatten, git_commit, tracking_uri
-from tanet.config import Params
 from tanet.stages.evaluate import load_eval
+from tanet.track.tracking import Tracker, configure_mlflow, flatten, git_commit, tracking_uri
 
 log = logging.getLogger(__name__)
 

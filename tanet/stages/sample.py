@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tanet.io.video import VideoWriter, open_video
 from tanet.config import Params
-from tanet.io.atomic import atomic_dir
 from tanet.data.sources import embedded_clip_path
 from tanet.infer.pipeline import upscale_video
+from tanet.io.atomic import atomic_dir
+from tanet.io.video import VideoWriter, open_video
 
 
 def make_lr_sample(source: Path, out_path: Path, scale: int, seconds: float, kind: str = "BI") -> int:

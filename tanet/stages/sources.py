@@ -7,26 +7,33 @@ listing and makes ingest stale, an unchanged listing leaves every later stage up
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from tanet.config import IngestParams
-from tanet.data.sources import discover_sources, file_sha256
+from tanet.config import IngestParams, Params, load_params
+from tanet.data.sources import discover_sources
+from tanet.errors import TanetError
+from tanet.io.atomic import atomic_write_json
+from tanet.io.checksum import sha256_file
+from tanet.track.tracking import new_pipeline_token
 
 # -- the source listing: what makes `ingest` stale ----------------------------------------
 HASH_CACHE = Path(".tanet") / "source_hashes.json"  # (path, size, mtime) -> sha256, beside the repo's state
 
 
 def _cached_sha256(path: Path, cache: dict[str, list[Any]]) -> str:
-    """``file_sha256`` of a file, reusing the last hash while its size and mtime are unchanged."""
+    """``sha256_file`` of a file, reusing the last hash while its size and mtime are unchanged."""
     st = path.stat()
     key, stamp = str(path), [st.st_size, st.st_mtime_ns]
     hit = cache.get(key)
     if hit is not None and hit[:2] == stamp:
         return str(hit[2])
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     cache[key] = [*stamp, digest]
     return digest
 
@@ -59,33 +66,36 @@ def source_listing(params: IngestParams, root: Path, cache: dict[str, list[Any]]
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tanet.stages.sources --params params.yaml --out data/sources.json`` (the ``sources`` stage)."""
-    import argparse
-    import json
-    import sys
+def run_sources(params: Params, out: Path, root: Path) -> list[dict[str, Any]]:
+    """Writes ``data/sources.json`` (every source ingest would read, with hashes) and starts a pipeline token.
 
-    from tanet.config import load_params
-    from tanet.errors import TanetError
-    from tanet.io.atomic import atomic_write_json
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    root = Path.cwd()
+    Hashes are reused while a file's size and mtime are unchanged (``.tanet/source_hashes.json``).
+    This stage runs first in every ``dvc repro``, so it also starts the pipeline's tracking
+    token (:func:`tanet.track.tracking.new_pipeline_token`) that nests the stages' MLflow runs.
+    """
     cache_path = root / HASH_CACHE
     try:
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     except ValueError:
         cache = {}  # a damaged cache is only a slower run
+    listing = source_listing(params.ingest, root, cache)
+    atomic_write_json(out, listing)
+    atomic_write_json(cache_path, cache)
+    new_pipeline_token(root)
+    return listing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tanet.stages.sources --params params.yaml --out data/sources.json`` (the ``sources`` stage)."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
     try:
-        listing = source_listing(load_params(args.params).ingest, root, cache)
+        listing = run_sources(load_params(args.params), args.out, Path.cwd())
     except TanetError as err:
         print(f"sources: error: {err}", file=sys.stderr)
         return 2
-    atomic_write_json(args.out, listing)
-    atomic_write_json(cache_path, cache)
     print(f"sources: {len(listing)} source(s) listed in {args.out}")
     return 0
 

@@ -12,15 +12,14 @@ from safetensors.torch import load_file
 from tanet.config import Params
 from tanet.data.valset import load_val_clips
 from tanet.errors import TanetError
+from tanet.io.atomic import atomic_write_json
+from tanet.io.clips import DataDirs
 from tanet.io.model_files import CKPT_WEIGHTS, MODEL_META
 from tanet.track.tracking import Tracker
-from tanet.train.distributed import dist_info
+from tanet.train.distributed import dist_info, resolve_device
 from tanet.train.job import Job
-from tanet.io.clips import DataDirs
 from tanet.train.loop import model_meta, run_job
 from tanet.train.validate import bicubic_psnr
-from tanet.io.atomic import atomic_write_json
-from tanet.train.distributed import resolve_device
 
 
 def joint_job(params: Params) -> Job:

@@ -29,11 +29,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tanet.errors import TanetError
-from tanet.io.atomic import atomic_write_json
+from tanet.io.atomic import atomic_write_json, pid_alive
 
 STATE = "services.json"
 POOL = "tanet"
@@ -54,13 +55,19 @@ class Services:
         return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri}
 
 
+# Prefect's and MLflow's usage reporting, off wherever tanet starts them (services, stage flows).
+TELEMETRY_OFF = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
 def base_env(root: Path) -> dict[str, str]:
     """Environment for the services: telemetry off, project-local Prefect home, this venv first on PATH."""
     env = dict(os.environ)
     env.update(
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="true",
-        MLFLOW_DISABLE_TELEMETRY="true",
+        TELEMETRY_OFF,
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         PREFECT_HOME=env.get("PREFECT_HOME", str(root / ".prefect")),
         PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
@@ -98,16 +105,27 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def wait_healthy(name: str, url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Polls a health URL until it answers, failing clearly if the process dies or time runs out."""
+def wait_healthy(
+    name: str, url: str, proc: subprocess.Popen[bytes], timeout: float, detail: Callable[[], str], poll: float = 0.2
+) -> None:
+    """Polls a health URL until it answers, failing clearly if the process dies or time runs out.
+
+    Args:
+        name: what is starting, for the error.
+        url: its health URL (answers 200 when ready).
+        proc: the starting process.
+        timeout: seconds to wait.
+        detail: what to add to an error (e.g. where its log is and its last lines).
+        poll: seconds between checks.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise TanetError(f"{name} exited with status {proc.returncode} while starting; see {log}:\n{_tail(log)}")
+            raise TanetError(f"{name} exited with status {proc.returncode} while starting; {detail()}")
         if healthy(url):
             return
-        time.sleep(0.2)
-    raise TanetError(f"{name} did not answer {url} within {timeout:.0f} s; see {log}:\n{_tail(log)}")
+        time.sleep(poll)
+    raise TanetError(f"{name} did not answer {url} within {timeout:.0f} s; {detail()}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -126,16 +144,6 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproc
 def _bin(name: str) -> str:
     exe = Path(sys.executable).parent / name
     return str(exe) if exe.exists() else name
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_state(state_dir: Path) -> Services | None:
@@ -171,7 +179,7 @@ def serve(
     """
     state_dir = state_dir or root / ".tanet" / "services"
     running = read_state(state_dir)
-    if running is not None and any(_alive(pid) for pid in running.pids.values()):
+    if running is not None and any(pid_alive(pid, group=True) for pid in running.pids.values()):
         raise TanetError(
             f"services already running ({running.prefect_api_url}, {running.mlflow_tracking_uri}); run `tanet stop` first"
         )
@@ -216,15 +224,15 @@ def serve(
             "Prefect server",
             f"{svc.prefect_api_url}/health",
             procs["prefect-server"],
-            logs / "prefect-server.log",
             timeout,
+            lambda: f"see {logs / 'prefect-server.log'}:\n{_tail(logs / 'prefect-server.log')}",
         )
         wait_healthy(
             "MLflow server",
             f"{svc.mlflow_tracking_uri}/health",
             procs["mlflow-server"],
-            logs / "mlflow-server.log",
             timeout,
+            lambda: f"see {logs / 'mlflow-server.log'}:\n{_tail(logs / 'mlflow-server.log')}",
         )
         client_env = {**env, **svc.env()}
         if deploy:
@@ -268,17 +276,17 @@ def _stop_groups(pids: dict[str, int], timeout: float = 15.0) -> list[str]:
     stopped = []
     for name in order:
         pid = pids[name]
-        if not _alive(pid):
+        if not pid_alive(pid, group=True):
             continue
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid, group=True) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid, group=True):
             os.killpg(pid, signal.SIGKILL)
             time.sleep(0.2)
         _reap(pid)
@@ -300,7 +308,7 @@ def stop(root: Path, state_dir: Path | None = None) -> list[str]:
     if svc is None:
         return []
     stopped = _stop_groups(svc.pids)
-    left = [name for name, pid in svc.pids.items() if _alive(pid)]
+    left = [name for name, pid in svc.pids.items() if pid_alive(pid, group=True)]
     if left:
         raise TanetError(f"could not stop {', '.join(left)}")
     (state_dir / STATE).unlink(missing_ok=True)
@@ -318,5 +326,5 @@ def status(root: Path, state_dir: Path | None = None) -> dict[str, object]:
         **svc.env(),
         "prefect_healthy": healthy(f"{svc.prefect_api_url}/health"),
         "mlflow_healthy": healthy(f"{svc.mlflow_tracking_uri}/health"),
-        "processes": {k: _alive(v) for k, v in svc.pids.items()},
+        "processes": {k: pid_alive(v, group=True) for k, v in svc.pids.items()},
     }

@@ -7,13 +7,14 @@ needs a server.
 Runs: one *parent* run per pipeline execution, one nested run per stage (and per branch
 in ``pretrain``). Each DVC stage is its own process, so the parent run id is handed on:
 
-1. ``TANET_PARENT_RUN_ID`` in the environment wins (the ``train-tanet`` Prefect flow and
-   ``tanet repro`` create the parent run and export it to ``dvc repro``);
-2. otherwise the first stage that logs creates the parent run and records it in
-   ``.tanet/parent_run.json`` together with the identity of the ``dvc repro`` process it
-   runs under (pid and start time, read from ``/proc``); later stages of the same
-   ``dvc repro`` find the same identity and reuse the run;
-3. stages run outside ``dvc repro`` share one parent run per process.
+1. ``TANET_PARENT_RUN_ID`` in the environment wins (the ``train-tanet`` Prefect flow
+   creates the parent run and exports it to ``dvc repro``);
+2. otherwise, under DVC (``DVC_ROOT`` set), the ``sources`` stage, which runs first in every
+   ``dvc repro`` (it is always changed), writes a fresh pipeline token to
+   ``.tanet/pipeline.json``; the first stage that logs creates the parent run and records
+   it beside that token in ``.tanet/parent_run.json``, and later stages with the same token
+   reuse it (a ``dvc repro --single-item`` of a later stage nests under the last pipeline);
+3. stages run outside DVC share one parent run per process.
 
 Training on a machine without MLflow (``--tracking none``) writes ``history.json`` next
 to its weights; ``tanet import-run`` logs it to MLflow afterwards.
@@ -26,16 +27,18 @@ import json
 import logging
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tanet.io.atomic import atomic_write_json, process_start_ticks
+from tanet.io.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "TANET_PARENT_RUN_ID"
 STATE_FILE = Path(".tanet") / "parent_run.json"
+PIPELINE_FILE = Path(".tanet") / "pipeline.json"  # {"token"}: one per dvc repro, written by the sources stage
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -128,23 +131,21 @@ def dvc_out_hash(out: Path, root: Path | None = None) -> str | None:
     return None
 
 
-def _dvc_ancestor() -> dict[str, Any] | None:
-    """Pid and start time of the ``dvc`` process this stage runs under, if any."""
-    pid = os.getppid()
-    for _ in range(8):
-        if pid <= 1:
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            status = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        if any(Path(part.decode(errors="replace")).name in ("dvc", "dvc.exe") for part in cmdline[:2]) or (
-            b"dvc" in cmdline[:3] and b"-m" in cmdline[:3]
-        ):
-            return {"pid": pid, "start": process_start_ticks(pid)}
-        pid = int(status.rsplit(")", 1)[1].split()[1])
-    return None
+def new_pipeline_token(root: Path) -> str:
+    """Starts a pipeline execution: a fresh token in ``.tanet/pipeline.json`` (the ``sources`` stage calls it)."""
+    token = uuid.uuid4().hex
+    atomic_write_json(root / PIPELINE_FILE, {"token": token})
+    return token
+
+
+def _pipeline_token(root: Path) -> str | None:
+    """The current ``dvc repro``'s token, when this process is one of its stages."""
+    if not os.environ.get("DVC_ROOT"):
+        return None
+    try:
+        return str(json.loads((root / PIPELINE_FILE).read_text())["token"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -209,11 +210,11 @@ def parent_run_id(mlflow: Any, experiment_id: str, root: Path, tags: Mapping[str
     if env:
         return env
     state_path = root / STATE_FILE
-    ident = _dvc_ancestor()
+    ident = _pipeline_token(root)
     if ident is not None and state_path.is_file():
         try:
             state = json.loads(state_path.read_text())
-            if state.get("dvc") == ident and state.get("tracking_uri") == tracking_uri(root):
+            if state.get("pipeline") == ident and state.get("tracking_uri") == tracking_uri(root):
                 return str(state["run_id"])
         except (OSError, ValueError, KeyError):
             pass
@@ -224,7 +225,9 @@ def parent_run_id(mlflow: Any, experiment_id: str, root: Path, tags: Mapping[str
     run = client.create_run(experiment_id, tags={"mlflow.runName": "pipeline", "tanet.kind": "pipeline", **tags})
     client.set_terminated(run.info.run_id, "FINISHED")
     if ident is not None:
-        atomic_write_json(state_path, {"run_id": run.info.run_id, "dvc": ident, "tracking_uri": tracking_uri(root)})
+        atomic_write_json(
+            state_path, {"run_id": run.info.run_id, "pipeline": ident, "tracking_uri": tracking_uri(root)}
+        )
     else:
         _PROCESS_PARENTS[key] = run.info.run_id
     return run.info.run_id

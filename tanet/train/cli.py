@@ -18,10 +18,10 @@ import torch.distributed as dist
 
 from tanet.config import load_params
 from tanet.errors import TanetError
+from tanet.io.clips import DataDirs
 from tanet.stages.pretrain import pretrain_branch
 from tanet.stages.train import train_joint
 from tanet.train.distributed import dist_info, setup_distributed
-from tanet.io.clips import DataDirs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
+
 import torch
 from torch import nn
+
 from tanet.config import OptimParams
 from tanet.io.model_files import BranchModel
 from tanet.models import VSRNet
 from tanet.models.vsr import ModelConfig
-
+from tanet.ops.seeds import seed_of
 
 # Model initialisation seeds and draws from the global RNG; branches pretrained on threads
 # (``pretrain.parallel``) would interleave their draws without this lock.
@@ -52,7 +53,8 @@ def input_field(job: Job) -> str:
 
 
 def job_seed(*keys: Any) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, keys)).encode()).digest()[:4], "little")
+    """A 32-bit seed of a job's named random stream (init, data order, augmentation)."""
+    return seed_of(*keys, nbytes=4)
 
 
 # -- loss and one optimisation step -------------------------------------------------------

@@ -11,7 +11,7 @@ Inputs per alignment mode: ``none`` raw windows; ``rof`` ROF-aligned windows; ``
 windows aligned by the SAN (its branches are pretrained on ROF-aligned windows, which the
 SAN is supervised to reproduce).
 
-The loop is flat: a pure learning-rate schedule (:func:`lr_at`), a stateless per-step
+The loop is flat: a pure learning-rate schedule (:func:`learning_rate_at`), a stateless per-step
 augmentation (the 8 dihedral symmetries, drawn from a generator seeded by the step), one
 :func:`train_step`, a no-grad validation helper, and checkpoints every ``checkpoint_every``
 steps.
@@ -64,23 +64,19 @@ from tanet.train.augment import augment
 from tanet.train.checkpoint import checkpoint_dirs, job_fingerprint, load_checkpoint, save_checkpoint
 from tanet.train.curves import plot_curves
 from tanet.train.distributed import dist_info
+from tanet.train.job import Job, autocast, build_model, input_field, job_seed
 from tanet.train.validate import validate
-from tanet.train.job import Job
-from tanet.train.job import autocast
-from tanet.train.job import build_model
-from tanet.train.job import input_field
-from tanet.train.job import job_seed
 
 log = logging.getLogger(__name__)
 
 
-def lr_at(step: int, optim: OptimParams) -> float:
+def learning_rate_at(step: int, optim: OptimParams) -> float:
     """Learning rate at ``step`` (0-based): linear warm-up, then cosine to ``lr_min`` or constant.
 
     Warm-up reaches ``lr`` at step ``warmup_steps - 1``; the cosine runs from ``lr`` at
     ``warmup_steps`` to ``lr_min`` at ``steps``.
 
-    >>> lr_at(0, OptimParams(lr=1e-3, warmup_steps=4))
+    >>> learning_rate_at(0, OptimParams(lr=1e-3, warmup_steps=4))
     0.00025
     """
     if step < optim.warmup_steps:
@@ -149,7 +145,7 @@ def train_step(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step at 0-based ``step``: augment, set the learning rate, loss, backward, update."""
     batch = augment(batch, torch.Generator().manual_seed(job_seed(job.seed, job.name, "aug", step, rank)))
-    lr = lr_at(step, job.optim)
+    lr = learning_rate_at(step, job.optim)
     for group in opt.param_groups:
         group["lr"] = lr
     loss, parts = compute_loss(job, net, batch, device)
@@ -283,7 +279,7 @@ def run_job(
                     "step": done,
                     "loss": values_list[0],
                     **dict(zip(parts, values_list[1:])),
-                    "lr": lr_at(step, optim),
+                    "lr": learning_rate_at(step, optim),
                     "patches_per_s": seen / max(1e-9, busy),
                 }
                 history.append(record)

@@ -9,8 +9,7 @@ from torch import nn
 from tanet.data.valset import ValClip, window
 from tanet.ops.degrade import imresize
 from tanet.ops.metrics import psnr
-from tanet.train.job import Job
-from tanet.train.job import autocast, input_field
+from tanet.train.job import Job, autocast, input_field
 
 
 # -- validation ---------------------------------------------------------------------------
