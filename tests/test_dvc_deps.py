@@ -8,12 +8,14 @@ each stage's code by name, and the tracking plumbing of ``flows/common.py`` does
 what a stage writes. Left out on
 purpose, as ``dvc.yaml``'s header says: helpers that change how outputs are written, not
 what they hold (``HELPERS``), and package ``__init__`` files that are only imported as
-parents. Run this file as a script to print the lists: ``python tests/test_dvc_deps.py``.
+parents. Run this file as a script to print the lists (``python tests/test_dvc_deps.py``) or
+to write them into ``dvc.yaml`` (``--write``; data deps and everything else stay as they are).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -89,6 +91,32 @@ def test_a_new_import_is_seen(tmp_path: Path) -> None:
     assert "tanet/ops/degrade.py" in imports_of("tanet/stages/sample.py")  # imported inside make_lr_sample
 
 
+def write_code_deps(text: str) -> str:
+    """``dvc.yaml``'s text with each checked stage's code deps replaced by :func:`code_deps` (after its data deps)."""
+    out: list[str] = []
+    stage, in_deps = None, False
+    for line in text.splitlines(keepends=True):
+        if re.match(r"^  [a-z_]+:\s*$", line):
+            stage = line.strip()[:-1]
+        if re.match(r"^    deps:\s*$", line):
+            in_deps = True
+            out.append(line)
+            continue
+        if in_deps:
+            if re.match(r"^      - (tanet|flows)/", line):
+                continue
+            if re.match(r"^      - ", line):
+                out.append(line)
+                continue
+            out += [f"      - {d}\n" for d in code_deps(stage)] if stage in ENTRY else []
+            in_deps = False
+        out.append(line)
+    return "".join(out)
+
+
 if __name__ == "__main__":
-    for s in sys.argv[1:] or ENTRY:
-        print(f"{s}:\n" + "".join(f"      - {d}\n" for d in code_deps(s)))
+    if sys.argv[1:] == ["--write"]:
+        (ROOT / "dvc.yaml").write_text(write_code_deps((ROOT / "dvc.yaml").read_text()))
+    else:
+        for s in sys.argv[1:] or ENTRY:
+            print(f"{s}:\n" + "".join(f"      - {d}\n" for d in code_deps(s)))
