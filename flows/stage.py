@@ -83,7 +83,7 @@ STAGES: dict[str, Stage] = {
         tracked=True,
     ),
     "register": Stage(
-        {"--model": "model", "--eval": "eval_json", "--out": "out"},
+        {"--model": "model", "--eval": "eval_json", "--clips": "clips", "--lr": "lr", "--out": "out"},
         "MLflow pyfunc, registry version @candidate, the champion gate",
         tracked=True,
         retries=2,

@@ -149,7 +149,11 @@ class TrainParams(OptimParams):
     """``train``: the temporal adaptive network with loss (2), SAN jointly with lambda."""
 
     san_lambda: float = 0.01  # weight of || theta_hat - theta ||^2 (theta in LR pixels)
-    init_from_pretrain: bool = True  # start the branches from the pretrained ones (model A)
+    init_from_pretrain: bool = True  # init "pretrain": start the branches from the pretrained ones (model A)
+    # "pretrain": the paper's schedule (branches pretrained, then joint); a shipped model's name
+    # ("tanet-s"): fine-tune that whole network (the pretrain stage then trains nothing and
+    # hands on its branches); the model section must equal the shipped model's.
+    init: str = "pretrain"
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,9 @@ class RegisterParams:
     model_name: str = "tanet"  # registered model name
     metric: Literal["psnr", "ssim"] = "psnr"  # score compared by the champion rule
     min_gain: float = 0.0  # candidate becomes champion if score > champion's + min_gain
+    # auto: the gate moves @champion (dvc repro); never: register @candidate only (experiments
+    # such as `dvc exp run -S register.promote=never` that should not change what users pull).
+    promote: Literal["auto", "never"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,47 @@ def test_register_a_shipped_model_by_name(tmp_path: Path, mlflow_store: str) -> 
     assert record["version"] == "1"
     tags = mlflow.MlflowClient(mlflow_store).get_model_version("tanet", "1").tags
     assert json.loads(tags["tanet.licences"]) == read_card("tanet-s")["data"]["licences"]
+
+
+def test_the_gate_re_evaluates_its_reference_on_the_candidates_clips(tmp_path: Path, mlflow_store: str) -> None:
+    """A fresh store compares with the shipped tanet-s, a later one with the champion, each
+    scored by ``rescore`` (on the candidate's validation clips), never by its own old tags."""
+    import hashlib
+
+    import mlflow
+
+    from tanet.infer.shipped import shipped_dir
+
+    def weights_id(folder: Path) -> str:
+        return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+    scores = {weights_id(shipped_dir("tanet-s")): 30.5}  # what each model scores on "these clips"
+    calls: list[str] = []
+
+    def rescore(folder: Path) -> dict[str, dict[str, float]]:
+        calls.append(weights_id(folder))
+        return {"heldout_BIx4": {"psnr": scores[weights_id(folder)], "ssim": 0.9}}
+
+    kw = {"model_name": "tanet", "metric": "psnr", "min_gain": 0.0, "root": tmp_path, "rescore": rescore}
+    first = register_model(make_model_dir(tmp_path / "m1", seed=1), _eval("heldout_BIx4", 30.0), **kw)
+    # 30.0 does not beat tanet-s's 30.5 here: tanet-s is registered (version 2) and made champion.
+    assert first["version"] == "1" and first["aliases"] == ["candidate"] and first["reference"] == "shipped tanet-s"
+    assert first["champion_version"] == "2" and "tanet-s registered as version 2" in first["decision"]
+    client = mlflow.MlflowClient()
+    champ = client.get_model_version_by_alias("tanet", "champion")
+    assert champ.tags["tanet.shipped"] == "tanet-s" and float(champ.tags["eval.heldout_BIx4.tanet.psnr"]) == 30.5
+    scores[weights_id(shipped_dir("tanet-s"))] = 30.9  # the champion is re-scored, not read from its tags
+    second = register_model(make_model_dir(tmp_path / "m2", seed=2), _eval("heldout_BIx4", 30.7), **kw)
+    assert second["aliases"] == ["candidate"] and second["reference"] == "champion version 2"
+    assert "30.7000 does not beat champion 30.9000" in second["decision"]
+    third = register_model(make_model_dir(tmp_path / "m3", seed=3), _eval("heldout_BIx4", 31.0), **kw)
+    assert "champion" in third["aliases"] and third["champion_version"] == third["version"] == "4"
+    scores[weights_id(tmp_path / "m3")] = 31.0
+    never = register_model(
+        make_model_dir(tmp_path / "m4", seed=4), _eval("heldout_BIx4", 33.0), **{**kw, "promote": "never"}
+    )
+    assert never["aliases"] == ["candidate"] and "not promoted (register.promote: never)" in never["decision"]
+    assert str(client.get_model_version_by_alias("tanet", "champion").version) == "4"
+    assert (
+        len(calls) == 4
+    )  # tanet-s once on the fresh store (shared by the gate and its registration), then each champion once

@@ -729,3 +729,44 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
     assert plot_curves(history, tmp_path / "c.png", title="joint")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plot_curves([], tmp_path / "empty.png")
+
+
+# -- fine-tuning a shipped model (train.init) ---------------------------------------------
+def test_tiny_fine_tunes_from_the_shipped_tanet_s(data: Path, tmp_path: Path) -> None:
+    """``train.init: tanet-s``: pretraining trains nothing and hands on tanet-s's branches; the
+    joint network starts from tanet-s's weights; another network is refused, key by key."""
+    from safetensors.torch import load_file
+
+    from tanet.infer.shipped import shipped_dir
+    from tanet.io.clips import DataDirs
+    from tanet.stages.pretrain import run_pretrain
+    from tanet.stages.train import shipped_init, train_joint
+    from tanet.track.tracking import Tracker
+
+    with pytest.raises(TanetError, match=r"model\.branch\.global_residual \(False vs True\)"):
+        shipped_init(load(params_file(tmp_path / "plain.yaml", **{"train.init": "tanet-s"})))
+    over = {"train.init": "tanet-s", "model.branch.global_residual": True, "train.steps": 1}
+    params = load(params_file(tmp_path / "params.yaml", **over, **{"train.lr": 1e-12, "train.lr_min": 0.0}))
+    shipped = load_file(str(shipped_dir("tanet-s") / "model.safetensors"))
+    dirs = DataDirs(data / "clips", data / "lr", data / "flow", data / "patches")
+    result = run_pretrain(
+        params, dirs, tmp_path / "pretrain", tmp_path / "pretrain.json", tmp_path / "ckpt", tracker=Tracker()
+    )
+    assert sorted(result) == ["branch_1", "branch_2", "branch_3"]
+    assert not (tmp_path / "ckpt").exists()  # nothing trained
+    for i in (1, 2, 3):
+        meta = json.loads((tmp_path / "pretrain" / f"branch_{i}" / "model.json").read_text())
+        assert (
+            meta["init"] == "tanet-s"
+            and meta["steps"] == 0
+            and meta["val_psnr"] == pytest.approx(result[f"branch_{i}"], abs=1e-4)
+        )
+        weights = load_file(str(tmp_path / "pretrain" / f"branch_{i}" / "model.safetensors"))
+        prefix = f"tanet.branches.{i - 1}."
+        assert weights and all(torch.equal(v, shipped[prefix + k.removeprefix("branch.")]) for k, v in weights.items())
+    train_joint(params, dirs, tmp_path / "pretrain", tmp_path / "joint", tmp_path / "ckpt", device=CPU)
+    tuned = load_file(str(tmp_path / "joint" / "model.safetensors"))
+    assert tuned.keys() == shipped.keys()
+    for k, v in shipped.items():  # one step at lr 1e-12: still tanet-s, to float precision
+        torch.testing.assert_close(tuned[k], v, rtol=0, atol=1e-6)
+    assert json.loads((tmp_path / "joint" / "model.json").read_text())["init"] == "tanet-s"

@@ -43,6 +43,7 @@ from tanet.infer.upscaler import StandaloneBranch, Upscaler, edge_window, weight
 from tanet.io.atomic import atomic_write_bytes
 from tanet.io.clips import lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
+from tanet.io.model_files import load_model_dir
 from tanet.io.video import lanczos_upscale
 from tanet.models.vsr import VSRNet
 from tanet.ops.color import to_tensor
@@ -296,4 +297,30 @@ def evaluate_folders(sr_dir: str | Path, gt_dir: str | Path, crop: int = 0) -> d
         "psnr": math.fsum(f["psnr"] for f in per_frame) / n,
         "ssim": math.fsum(f["ssim"] for f in per_frame) / n,
         "per_frame": per_frame,
+    }
+
+
+def heldout_scores(
+    model_dir: Path,
+    clips: list[EvalClip],
+    *,
+    device: torch.device,
+    tile: int,
+    crop: int,
+    flow_method: str,
+    flow_preset: str = "medium",
+) -> dict[str, dict[str, float]]:
+    """``{dataset: {"psnr", "ssim"}}`` of a joint model folder on clips, averaged as ``eval.json`` is.
+
+    The champion gate re-evaluates its reference with this on the candidate's validation
+    clips, so both figures come from the same frames and protocol.
+    """
+    model, _ = load_model_dir(model_dir, device)
+    up = Upscaler(model, device=device, tile=tile, flow_method=flow_method, flow_preset=flow_preset)
+    per: dict[str, list[dict[str, float]]] = {}
+    for clip in clips:
+        summary, _ = score({"model": [r.rgb for r in up.upscale_frames(clip.lr)]}, clip.gt, crop, False)
+        per.setdefault(clip.dataset, []).append(summary["model"])
+    return {
+        ds: {k: round(float(np.mean([v[k] for v in vals])), 4) for k in ("psnr", "ssim")} for ds, vals in per.items()
     }

@@ -18,12 +18,14 @@ from tanet.data.valset import ValClip, load_val_clips
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.clips import DataDirs
-from tanet.io.model_files import CKPT_WEIGHTS
+from tanet.io.model_files import CKPT_WEIGHTS, BranchModel, write_model_dir
 from tanet.stages.parallel import Mapper, serial_map
+from tanet.stages.train import shipped_init
 from tanet.track.tracking import Tracker, child_run
 from tanet.train.distributed import dist_info, resolve_device
 from tanet.train.job import Job
 from tanet.train.loop import model_meta, run_job
+from tanet.train.validate import validate
 
 
 def branch_job(params: Params, i: int) -> Job:
@@ -67,6 +69,29 @@ def pretrain_branch(
         },
         **kw,
     )
+
+
+def shipped_branches(
+    params: Params, name: str, weights: dict[str, torch.Tensor], dirs: DataDirs, out: Path, val: list[ValClip]
+) -> dict[str, dict[str, Any]]:
+    """The pretrain stage when ``train.init`` is a shipped model: its branches, untrained, as ``branch_<i>``.
+
+    Each branch is cut from the shipped joint network (``tanet.branches.<i-1>.*``) and
+    validated like a pretrained one, so the evaluation's branch rows and ``pretrain.json``
+    mean the same in both schedules.
+    """
+    device = resolve_device("auto")
+    results = {}
+    for i in range(1, params.model.num_branches + 1):
+        job = branch_job(params, i)
+        prefix = f"tanet.branches.{i - 1}."
+        model = BranchModel(params.model, i)
+        model.load_state_dict({"branch." + k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+        metrics = validate(job, model.to(device), val, device)
+        meta = {**model_meta(params, dirs.patches), "init": name, "steps": 0, **metrics}
+        write_model_dir(out / job.name, model.cpu(), job, meta, [{"step": 0, **metrics}])
+        results[job.name] = metrics
+    return results
 
 
 def inflate_branch1(weights: dict[str, torch.Tensor], num_frames: int, channels: int) -> dict[str, torch.Tensor]:
@@ -133,11 +158,18 @@ def run_pretrain(
         tracker: the stage's MLflow run; each branch logs to a child run.
         mapper: runs the branches of one wave (Prefect tasks in the flow).
     """
+    val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+    shipped = shipped_init(params)
+    if shipped is not None:  # fine-tuning a shipped network: nothing to pretrain
+        done = shipped_branches(params, shipped[0], shipped[1], dirs, out, val)
+        summary = {k: {"val_psnr": round(v["val_psnr"], 4)} for k, v in done.items()}
+        tracker.log_metrics({f"{k}.val_psnr": v["val_psnr"] for k, v in summary.items()})
+        atomic_write_json(metrics, summary)
+        return {k: v["val_psnr"] for k, v in summary.items()}
     device = resolve_device("auto")
     if device.type == "cpu" and params.pretrain.parallel > 1:
         # Branches on parallel threads share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.pretrain.parallel))
-    val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
     branches = list(range(1, params.model.num_branches + 1))
 
     def one(i: int) -> dict[str, Any]:

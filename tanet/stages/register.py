@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,46 +108,21 @@ def champion_decision(
     return False, f"{ds}: {cand:.4f} does not beat champion {champ:.4f} + {min_gain}"
 
 
-def register_model(
+def log_version(
     model_dir: Path,
     eval_result: dict[str, Any],
     *,
     model_name: str,
-    metric: str,
-    min_gain: float,
+    run_id: str,
     params: dict[str, Any] | None = None,
-    tracker: Tracker | None = None,
-    experiment: str = "tanet",
     root: Path | None = None,
-) -> dict[str, Any]:
-    """Logs, registers and (maybe) promotes a model; returns the registration record.
-
-    Args:
-        model_dir: the train stage's model folder.
-        eval_result: ``eval.json`` content.
-        model_name: registered model name.
-        metric: ``psnr`` or ``ssim`` for the champion rule.
-        min_gain: margin the candidate must beat the champion by.
-        params: full params (tagged, flattened).
-        tracker: the stage's MLflow run (a run is created if None).
-        experiment: experiment for a newly created run.
-        root: repo root (embedded tracking store).
-
-    Returns:
-        ``{"model_name", "version", "aliases", "champion_version", "decision", "tracking_uri"}``.
-    """
+    extra_tags: dict[str, str] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """Logs a model folder as a pyfunc in run ``run_id``, registers it and tags it; returns (version, tags)."""
     mlflow = configure_mlflow(root)
     meta = json.loads((Path(model_dir) / MODEL_META).read_text())
-    if meta.get("kind") != "joint":
-        raise TanetError(f"{model_dir}: only joint models are registered, found {meta.get('kind')}")
     from tanet.infer.pyfunc import ARTIFACT, TanetPyfunc
 
-    run_id = tracker.run_id if tracker is not None and tracker.enabled else None
-    if run_id is None:
-        from tanet.track.tracking import ensure_experiment
-
-        exp = ensure_experiment(mlflow, experiment, root)
-        run_id = mlflow.MlflowClient().create_run(exp, tags={"mlflow.runName": "register"}).info.run_id
     example = np.zeros((meta["model"]["num_branches"] * 2 - 1, 16, 16, 3), np.uint8)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -171,6 +147,7 @@ def register_model(
         "tanet.color": meta["model"]["color"],
         "tanet.licences": json.dumps(meta.get("licences", [])),
         "tanet.params": json.dumps(flatten(params or meta.get("params", {})))[:5000],
+        **(extra_tags or {}),
     }
     for ds, methods in eval_result.items():
         for method, vals in methods.items():
@@ -178,33 +155,142 @@ def register_model(
                 tags[f"eval.{ds}.{method}.{k}"] = v
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version, k, str(v))
+    return version, {k: str(v) for k, v in tags.items()}
+
+
+def shipped_reference(meta: dict[str, Any]) -> str | None:
+    """The shipped model a candidate is compared with on a fresh store: same scale and degradation."""
+    from tanet.infer.shipped import available, read_card
+
+    for name in available():
+        card = read_card(name)
+        if card["scale"] == meta["model"]["scale"] and card["degradation"] == meta.get("degradation"):
+            return name
+    return None
+
+
+def register_model(
+    model_dir: Path,
+    eval_result: dict[str, Any],
+    *,
+    model_name: str,
+    metric: str,
+    min_gain: float,
+    params: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
+    experiment: str = "tanet",
+    root: Path | None = None,
+    rescore: Callable[[Path], dict[str, dict[str, float]]] | None = None,
+    promote: str = "auto",
+) -> dict[str, Any]:
+    """Logs, registers and (maybe) promotes a model; returns the registration record.
+
+    Args:
+        model_dir: the train stage's model folder.
+        eval_result: ``eval.json`` content.
+        model_name: registered model name.
+        metric: ``psnr`` or ``ssim`` for the champion rule.
+        min_gain: margin the candidate must beat bicubic and the reference by.
+        params: full params (tagged, flattened).
+        tracker: the stage's MLflow run (a run is created if None).
+        experiment: experiment for a newly created run.
+        root: repo root (embedded tracking store).
+        rescore: scores a model folder on the candidate's validation clips (``{dataset:
+            {"psnr", "ssim"}}``). With it the reference (the champion, or on a fresh store the
+            shipped model of the same scale and degradation) is re-evaluated there; without
+            it the champion's own tagged figures are compared (``tanet register``).
+        promote: ``auto`` (the gate moves ``@champion``) or ``never`` (only ``@candidate``).
+
+    Returns:
+        ``{"model_name", "version", "aliases", "champion_version", "decision", "reference",
+        "tracking_uri", "model_uri"}``.
+    """
+    mlflow = configure_mlflow(root)
+    meta = json.loads((Path(model_dir) / MODEL_META).read_text())
+    if meta.get("kind") != "joint":
+        raise TanetError(f"{model_dir}: only joint models are registered, found {meta.get('kind')}")
+    run_id = tracker.run_id if tracker is not None and tracker.enabled else None
+    if run_id is None:
+        from tanet.track.tracking import ensure_experiment
+
+        exp = ensure_experiment(mlflow, experiment, root)
+        run_id = mlflow.MlflowClient().create_run(exp, tags={"mlflow.runName": "register"}).info.run_id
+    version, own = log_version(model_dir, eval_result, model_name=model_name, run_id=run_id, params=params, root=root)
+    client = mlflow.MlflowClient()
     client.set_registered_model_alias(model_name, CANDIDATE, version)
-    champion_version = None
-    champion_scores = None
     # Read the alias table rather than catching get_model_version_by_alias's error: a server
     # or network failure must stop the stage, not pass for "no champion yet".
     aliases = dict(client.get_registered_model(model_name).aliases or {})
+    champion_version, reference, reference_scores = None, None, None
+    shipped: str | None = None
+    shipped_eval: dict[str, dict[str, float]] = {}
     if CHAMPION in aliases:
-        champ = client.get_model_version(model_name, str(aliases[CHAMPION]))
-        champion_version = str(champ.version)
-        champion_scores = scores_from_tags(champ.tags, metric)
-    own = {k: str(v) for k, v in tags.items()}
-    promote, reason = champion_decision(
-        scores_from_tags(own, metric), champion_scores, min_gain, scores_from_tags(own, metric, "bicubic")
-    )
-    if promote:
+        champion_version = str(aliases[CHAMPION])
+        reference = f"champion version {champion_version}"
+        if rescore is None:
+            reference_scores = scores_from_tags(client.get_model_version(model_name, champion_version).tags, metric)
+        else:
+            from tanet.infer.pipeline import resolve_model
+
+            champion_dir = resolve_model(f"models:/{model_name}/{champion_version}", root)
+            reference_scores = {ds: v[metric] for ds, v in rescore(champion_dir).items()}
+    elif rescore is not None and (shipped := shipped_reference(meta)) is not None:
+        from tanet.infer.shipped import shipped_dir
+
+        reference = f"shipped {shipped}"
+        shipped_eval = rescore(shipped_dir(shipped))
+        reference_scores = {ds: v[metric] for ds, v in shipped_eval.items()}
+    else:
+        shipped_eval = {}
+    bicubic = scores_from_tags(own, metric, "bicubic")
+    wins, reason = champion_decision(scores_from_tags(own, metric), reference_scores, min_gain, bicubic)
+    if reference is not None:
+        reason = (
+            f"{reason} (reference: {reference}, re-evaluated on this candidate's validation clips)"
+            if rescore
+            else reason
+        )
+    promoted = wins and promote == "auto"
+    if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         champion_version = version
-    log.info("registered %s version %s (%s): %s", model_name, version, "champion" if promote else "candidate", reason)
+    elif shipped is not None and promote == "auto" and _beats_bicubic(reference_scores, bicubic, min_gain):
+        # A fresh store keeps the better of the two as @champion: the shipped model, registered
+        # as a version with the figures it just earned on these validation clips.
+        from tanet.infer.shipped import shipped_dir
+
+        earned = {
+            ds: {"tanet": v, "bicubic": eval_result.get(ds, {}).get("bicubic", {})} for ds, v in shipped_eval.items()
+        }
+        champion_version, _ = log_version(
+            shipped_dir(shipped),
+            earned,
+            model_name=model_name,
+            run_id=run_id,
+            root=root,
+            extra_tags={"tanet.shipped": shipped},
+        )
+        client.set_registered_model_alias(model_name, CHAMPION, champion_version)
+        reason += f"; {shipped} registered as version {champion_version} and made champion"
+    elif wins:
+        reason += "; not promoted (register.promote: never)"
+    log.info("registered %s version %s (%s): %s", model_name, version, "champion" if promoted else "candidate", reason)
     return {
         "model_name": model_name,
         "version": version,
-        "aliases": [CANDIDATE] + ([CHAMPION] if promote else []),
+        "aliases": [CANDIDATE] + ([CHAMPION] if promoted else []),
         "champion_version": champion_version,
         "decision": reason,
+        "reference": reference,
         "tracking_uri": tracking_uri(root),
         "model_uri": f"models:/{model_name}/{version}",
     }
+
+
+def _beats_bicubic(scores: dict[str, float] | None, bicubic: dict[str, float], min_gain: float) -> bool:
+    """Whether a reference's validation score beats bicubic's by ``min_gain`` (the gate's floor)."""
+    val = sorted(d for d in (scores or {}) if d.startswith(VALIDATION_PREFIX) and d in bicubic)
+    return bool(val) and scores is not None and scores[val[0]] > bicubic[val[0]] + min_gain
 
 
 def write_registration(path: Path, record: dict[str, Any]) -> None:
@@ -213,10 +299,31 @@ def write_registration(path: Path, record: dict[str, Any]) -> None:
 
 
 def run_register(
-    params: Params, model: Path, eval_json: Path, out: Path, *, root: Path, tracker: Tracker
+    params: Params, model: Path, eval_json: Path, clips: Path, lr: Path, out: Path, *, root: Path, tracker: Tracker
 ) -> dict[str, Any]:
-    """Registers the train stage's model (champion rule of ``register``) and writes ``metrics/register.json``."""
-    rp = params.register
+    """Registers the train stage's model, applies the gate and writes ``metrics/register.json``.
+
+    The gate's reference (the champion, or the shipped model on a fresh store) is
+    re-evaluated on this candidate's validation clips (``clips``, ``lr``), never on Vid4.
+    """
+    from tanet.infer.evaluation import heldout_clips, heldout_scores
+    from tanet.train.distributed import resolve_device
+
+    rp, ep = params.register, params.evaluate
+    val = list(heldout_clips(params, clips, lr, ep.max_frames))
+    device = resolve_device("auto")
+
+    def rescore(model_dir: Path) -> dict[str, dict[str, float]]:
+        return heldout_scores(
+            model_dir,
+            val,
+            device=device,
+            tile=ep.tile,
+            crop=ep.crop,
+            flow_method=params.flow.method,
+            flow_preset=params.flow.dis_preset,
+        )
+
     record = register_model(
         model,
         load_eval(eval_json),
@@ -227,6 +334,8 @@ def run_register(
         tracker=tracker,
         experiment=params.mlflow.experiment,
         root=root,
+        rescore=rescore,
+        promote=rp.promote,
     )
     write_registration(out, record)
     return record

@@ -15,7 +15,7 @@ from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.clips import DataDirs
 from tanet.io.model_files import CKPT_WEIGHTS, MODEL_META
-from tanet.track.tracking import Tracker
+from tanet.track.tracking import Tracker, flatten
 from tanet.train.distributed import dist_info, resolve_device
 from tanet.train.job import Job
 from tanet.train.loop import model_meta, run_job
@@ -39,6 +39,37 @@ def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tenso
     return init
 
 
+def shipped_init(params: Params) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """The shipped model that ``train.init`` names, as ``(name, weights)``; None for ``pretrain``.
+
+    The params' network must be the shipped one: every ``model`` key but ``align_block`` (the
+    ROF block grid, which follows ``patches.patch_size``) and the degradation.
+
+    Raises:
+        TanetError: not a shipped name, not shipped in this install, or its network or
+            degradation differs from the params' (named key by key).
+    """
+    name = params.train.init
+    if name == "pretrain":
+        return None
+    from tanet.infer.shipped import shipped_dir
+
+    try:
+        folder = shipped_dir(name)
+    except TanetError as err:
+        raise TanetError(f"train.init: {err} (or 'pretrain' for the paper's schedule)") from err
+    meta = json.loads((folder / MODEL_META).read_text())
+    theirs, ours = flatten(meta["model"]), flatten(params.model.to_dict())
+    # align_block is the ROF block grid (it follows patches.patch_size), not part of the weights.
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k) and k != "align_block")
+    if meta.get("degradation") != params.patches.degradation:
+        diff.append(f"degradation ({meta.get('degradation')} vs patches.degradation {params.patches.degradation})")
+    if diff:
+        shown = ", ".join(f"model.{k} ({ours.get(k)!r} vs {theirs.get(k)!r})" if "(" not in k else k for k in diff[:6])
+        raise TanetError(f"train.init {name}: the params' network differs from {name}'s: {shown}")
+    return name, load_file(str(folder / CKPT_WEIGHTS))
+
+
 def train_joint(
     params: Params,
     dirs: DataDirs,
@@ -54,9 +85,13 @@ def train_joint(
     job = joint_job(params)
     rank0 = dist_info()[0] == 0
     clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.train.val_frames) if rank0 else []
-    init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
+    shipped = shipped_init(params)
+    if shipped is not None:
+        init: dict[str, torch.Tensor] | None = shipped[1]
+    else:
+        init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
     bicubic = bicubic_psnr(clips, params.model.scale) if rank0 else float("nan")
-    meta = {**model_meta(params, dirs.patches), "val_psnr_bicubic": bicubic}
+    meta = {**model_meta(params, dirs.patches), "val_psnr_bicubic": bicubic, "init": params.train.init}
     metrics = run_job(
         job,
         dirs.patches,

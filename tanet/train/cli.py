@@ -17,10 +17,11 @@ from typing import Any
 import torch.distributed as dist
 
 from tanet.config import load_params
+from tanet.data.valset import load_val_clips
 from tanet.errors import TanetError
 from tanet.io.clips import DataDirs
-from tanet.stages.pretrain import pretrain_branch
-from tanet.stages.train import train_joint
+from tanet.stages.pretrain import pretrain_branch, shipped_branches
+from tanet.stages.train import shipped_init, train_joint
 from tanet.train.distributed import dist_info, setup_distributed
 
 
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     try:
         # Both stages of `all` nest under one parent run (tanet.track.tracking reuses it per process).
-        if args.stage in ("pretrain", "all"):
+        shipped = shipped_init(params) if args.stage in ("pretrain", "all") else None
+        if shipped is not None:  # train.init names a shipped model: its branches, nothing to pretrain
+            val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
+            results.update(shipped_branches(params, *shipped, dirs, args.pretrain_out, val))
+        elif args.stage in ("pretrain", "all"):
             branches = [args.branch] if args.branch else list(range(1, params.model.num_branches + 1))
             with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
                 for i in branches:
