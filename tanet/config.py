@@ -364,7 +364,7 @@ def _params_loader(yaml: Any) -> Any:
     """
     import re
 
-    class ParamsLoader(yaml.SafeLoader):  # type: ignore[misc, name-defined]
+    class ParamsLoader(yaml.SafeLoader):
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             seen: set[Any] = set()
             for key_node, _ in node.value:
@@ -374,7 +374,7 @@ def _params_loader(yaml: Any) -> Any:
                         None, None, f"duplicate key {key!r} (the first would be silently ignored)", key_node.start_mark
                     )
                 seen.add(key)
-            return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+            return super().construct_mapping(node, deep=deep)
 
     tags_12 = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int"}
     ParamsLoader.yaml_implicit_resolvers = {

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -132,7 +133,7 @@ class PatchLoader:
         self.dir = Path(patches_dir)
         self.manifest = read_patch_manifest(self.dir)
         m = self.manifest
-        self.layout = PatchLayout(int(m["num_frames"]), int(m["channels"]), int(m["patch_size"]), int(m["scale"]))  # type: ignore[call-overload]
+        self.layout = PatchLayout(int(m["num_frames"]), int(m["channels"]), int(m["patch_size"]), int(m["scale"]))
         unknown = set(fields) - set(ALL_FIELDS)
         if unknown:
             raise ValueError(f"unknown loader fields {sorted(unknown)} (known: {ALL_FIELDS})")
@@ -152,7 +153,7 @@ class PatchLoader:
         self.consumer = consumer
         self.num_consumers = num_consumers
         self.decode_threads = decode_threads
-        self.shards = [self.dir / str(s["file"]) for s in m["shards"]]  # type: ignore[union-attr]
+        self.shards = [self.dir / str(s["file"]) for s in m["shards"]]
         if verify:
             self.verify()
         self._local = threading.local()  # per-thread ParquetFile handles (readers are not thread-safe)
@@ -173,7 +174,7 @@ class PatchLoader:
     # -- metadata ---------------------------------------------------------------------
     def verify(self) -> None:
         """Checks every shard exists with the manifest's sha256 and row count."""
-        for path, rec in zip(self.shards, self.manifest["shards"]):  # type: ignore[call-overload]
+        for path, rec in zip(self.shards, self.manifest["shards"]):
             if not path.is_file():
                 raise InputError(path, "shard listed in the manifest is missing")
             if sha256_file(path) != rec["sha256"]:
@@ -193,7 +194,7 @@ class PatchLoader:
     def _units(self) -> list[_Unit]:
         units = []
         schema = self.layout.schema()
-        for i, (path, rec) in enumerate(zip(self.shards, self.manifest["shards"])):  # type: ignore[call-overload]
+        for i, (path, rec) in enumerate(zip(self.shards, self.manifest["shards"])):
             pf = self._file(i)
             if not pf.schema_arrow.equals(schema):
                 raise InputError(path, f"shard schema does not match the manifest's layout {self.layout}")

@@ -45,10 +45,11 @@ from tanet.io.clips import lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
 from tanet.io.model_files import load_model_dir
 from tanet.io.video import lanczos_upscale
-from tanet.models.vsr import VSRNet
+from tanet.models.vsr import Alignment, VSRNet
 from tanet.ops.color import to_tensor
 from tanet.ops.degrade import Degradation, apply_degradation, imresize, mod_crop
 from tanet.ops.metrics import clip_motion, temporal_flicker, y_psnr_ssim
+from tanet.ops.optical_flow import DisPreset, FlowMethod
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def bicubic_frames(clip: EvalClip, scale: int) -> list[np.ndarray]:
     return out
 
 
-def with_alignment(model: VSRNet, mode: str) -> VSRNet:
+def with_alignment(model: VSRNet, mode: Alignment) -> VSRNet:
     """The same joint weights behind another alignment mode (SAN weights dropped if unused)."""
     net = VSRNet(replace(model.cfg, alignment=mode))
     state = {k: v for k, v in model.state_dict().items() if mode == "san" or not k.startswith("san.")}
@@ -131,8 +132,8 @@ def run_methods(
     *,
     device: torch.device,
     tile: int,
-    flow_method: str,
-    flow_preset: str = "medium",
+    flow_method: FlowMethod,
+    flow_preset: DisPreset = "medium",
 ) -> tuple[dict[str, list[np.ndarray]], np.ndarray | None]:
     """Every method's HR frames for a clip, and the joint network's weights at the middle frame."""
     cfg = joint.cfg
@@ -155,7 +156,7 @@ def run_methods(
             outputs[f"tanet_branch_{i + 1}"].append(up.to_rgb(out["branches"][i], prepared[t]))
         if t == mid:
             mid_weights = out["weights"].cpu().numpy()
-    others = [m for m in ("none", "rof") if m != cfg.alignment]
+    others: list[Alignment] = [m for m in ("none", "rof") if m != cfg.alignment]
     for mode in others:
         outputs[f"tanet_align_{mode}"] = [
             r.rgb
@@ -278,7 +279,7 @@ def evaluate_folders(sr_dir: str | Path, gt_dir: str | Path, crop: int = 0) -> d
     sr_paths, gt_paths = list_frames(sr_dir), list_frames(gt_dir)
     if len(sr_paths) != len(gt_paths):
         raise InputError(sr_dir, f"{len(sr_paths)} frames, but ground truth {gt_dir} has {len(gt_paths)}")
-    per_frame = []
+    per_frame: list[dict[str, Any]] = []  # {"name": str, "psnr": float, "ssim": float}
     for sr_path, gt_path in zip(sr_paths, gt_paths):
         sr, gt = to_tensor(read_rgb(sr_path)), to_tensor(read_rgb(gt_path))
         if sr.shape != gt.shape:

@@ -333,7 +333,7 @@ def upscale_video(
     use_compile = compile == "on" or (compile == "auto" and total is not None and total >= COMPILE_AUTO_FRAMES)
     upscaler: Upscaler = load_upscaler(
         net, device=device, precision=precision, tile=tile, compile=use_compile, **flow_settings(meta)
-    )  # type: ignore[arg-type]
+    )
     r = upscaler.scale
     out_w, out_h = r * info.width, r * info.height
     video_out = not _is_folder_target(output_path)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import torch
+from mlflow.pyfunc import PythonModel  # not mlflow.pyfunc.PythonModel: mlflow binds .pyfunc to a lazy loader
 
 from tanet.infer.upscaler import Upscaler, flow_settings
 from tanet.io.model_files import load_model_dir
@@ -21,7 +21,7 @@ from tanet.io.model_files import load_model_dir
 ARTIFACT = "model_dir"
 
 
-class TanetPyfunc(mlflow.pyfunc.PythonModel):
+class TanetPyfunc(PythonModel):
     """pyfunc wrapper around :class:`tanet.infer.upscaler.Upscaler`."""
 
     def load_context(self, context: Any) -> None:

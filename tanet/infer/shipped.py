@@ -16,16 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from tanet.errors import TanetError
 from tanet.io.markdown import markdown_table
+
+if TYPE_CHECKING:
+    from tanet.ops.degrade import DegradationKind
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 CARD = "card.json"
 CARD_README = "README.md"
 # shipped name -> (architecture preset of MODEL_PRESETS, degradation it was trained for)
-SHIPPED_NAMES: dict[str, tuple[str, str]] = {
+SHIPPED_NAMES: dict[str, tuple[str, DegradationKind]] = {
     "tanet-s": ("tanet-s", "BI"),
     "tanet-l": ("tanet-l", "BI"),
     "tanet-s-bd": ("tanet-s", "BD"),
@@ -61,7 +64,7 @@ def shipped_dir(name: str) -> Path:
 
 def read_card(name: str) -> dict[str, Any]:
     """The card of a shipped model (``card.json``)."""
-    return json.loads((shipped_dir(name) / CARD).read_text())  # type: ignore[no-any-return]
+    return json.loads((shipped_dir(name) / CARD).read_text())
 
 
 def weights_sha256(folder: Path) -> str:
@@ -115,7 +118,7 @@ def crop_psnr(
     frames: list[int],
     box: tuple[int, int, int, int],
     *,
-    degradation: str = "BI",
+    degradation: DegradationKind = "BI",
     device: str = "cpu",
 ) -> float:
     """Mean Y-PSNR of a model on a named crop: HR ``box`` (x, y, w, h) of ``frames`` of a clip.
@@ -134,11 +137,11 @@ def crop_psnr(
 
     net, meta = load_model_dir(model_dir)
     scale = int(meta["scale"])
-    deg = Degradation(degradation, scale)  # type: ignore[arg-type]
+    deg = Degradation(degradation, scale)
     files = list_frames(gt_dir)
     gt = [mod_crop(torch.from_numpy(read_rgb(f)).permute(2, 0, 1), scale) for f in files]
     lr = [apply_degradation(g, deg).permute(1, 2, 0).contiguous().numpy() for g in gt]
-    sr = [r.rgb for r in Upscaler(net, device=device, **flow_settings(meta)).upscale_frames(lr)]  # type: ignore[arg-type]
+    sr = [r.rgb for r in Upscaler(net, device=device, **flow_settings(meta)).upscale_frames(lr)]
     x, y, w, h = box
     values = []
     for t in frames:
@@ -147,9 +150,15 @@ def crop_psnr(
     return sum(values) / len(values)
 
 
+class _CardCrop(TypedDict):
+    clip: str
+    frames: list[int]
+    box: list[int]  # x, y, w, h
+
+
 # The crop every card names: Vid4 calendar (the test set, measured once per shipped model),
 # five frames from the middle, the central quarter of the frame (text and brick texture).
-CARD_CROP = {"clip": "vid4/calendar", "frames": [18, 19, 20, 21, 22], "box": [180, 144, 360, 288]}
+CARD_CROP: _CardCrop = {"clip": "vid4/calendar", "frames": [18, 19, 20, 21, 22], "box": [180, 144, 360, 288]}
 TERMS = (
     "Code: MIT. Weights: trained on data of which parts are licensed for non-commercial use only "
     "(Cityscapes: CC BY-NC-SA 4.0 and the Cityscapes terms; Vimeo-90K: non-commercial), so the "
@@ -157,7 +166,7 @@ TERMS = (
 )
 
 
-def vid4_figures(model_dir: Path, vid4_dir: Path, degradation: str, device: str = "cpu") -> dict[str, Any]:
+def vid4_figures(model_dir: Path, vid4_dir: Path, degradation: DegradationKind, device: str = "cpu") -> dict[str, Any]:
     """Y-PSNR/SSIM (crop 0, all frames) of the model and bicubic on the four Vid4 clips with our LR."""
     import numpy as np
 
@@ -168,13 +177,13 @@ def vid4_figures(model_dir: Path, vid4_dir: Path, degradation: str, device: str 
     from tanet.ops.degrade import Degradation
 
     net, meta = load_model_dir(model_dir)
-    deg = Degradation(degradation, int(meta["scale"]))  # type: ignore[arg-type]
+    deg = Degradation(degradation, int(meta["scale"]))
     per_clip: dict[str, dict[str, dict[str, float]]] = {}
     for clip in vid4_clips(vid4_dir, deg, 0):
         outputs = {
             "bicubic": bicubic_frames(clip, deg.scale),
             "lanczos": lanczos_upscale(clip.lr, deg.scale),
-            "tanet": [r.rgb for r in Upscaler(net, device=device, **flow_settings(meta)).upscale_frames(clip.lr)],  # type: ignore[arg-type]
+            "tanet": [r.rgb for r in Upscaler(net, device=device, **flow_settings(meta)).upscale_frames(clip.lr)],
         }
         per_clip[clip.clip_id], _ = score(outputs, clip.gt, 0, flicker=True)
     means: dict[str, dict[str, float]] = {}
@@ -214,12 +223,12 @@ def build(
     crop_value = crop_psnr(
         model_dir,
         vid4_dir / "GT" / "calendar",
-        CARD_CROP["frames"],  # type: ignore[arg-type]
-        tuple(CARD_CROP["box"]),  # type: ignore[arg-type]
+        CARD_CROP["frames"],
+        cast("tuple[int, int, int, int]", tuple(CARD_CROP["box"])),  # the four of the literal above
         degradation=degradation,
         device=device,
     )
-    cfg = net.cfg  # type: ignore[union-attr]
+    cfg = net.cfg
     m = figures["mean"]
     card = {
         "name": name,

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, cast
 
 import cv2
 import numpy as np
@@ -46,6 +46,7 @@ from tanet.models.temporal_adaptive import TANetOutput
 from tanet.models.vsr import ModelConfig, VSRNet
 from tanet.ops.color import rgb_to_y_uint8, rgb_to_ycbcr, ycbcr_to_rgb_affine
 from tanet.ops.degrade import upscale_integer
+from tanet.ops.optical_flow import DisPreset, FlowMethod
 from tanet.ops.rof import align_window
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,12 @@ class Upscaler:
 
     def __init__(
         self,
-        model: VSRNet | StandaloneBranch,
+        model: nn.Module,  # a VSRNet or StandaloneBranch; anything else raises TypeError
         device: torch.device | str = "cpu",
         precision: Precision = "fp32",
         tile: int = 0,
-        flow_method: str = "dis",
-        flow_preset: str = "medium",
+        flow_method: FlowMethod = "dis",
+        flow_preset: DisPreset = "medium",
         fuse: bool = True,
         compile: bool = False,
     ) -> None:
@@ -110,7 +111,8 @@ class Upscaler:
             raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's stubs leave it out of its overloads.
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.cfg: ModelConfig = model.cfg
         self.precision = precision
         self.tile = tile
@@ -125,12 +127,14 @@ class Upscaler:
             affine, bias = ycbcr_to_rgb_affine()
         self._to_rgb255 = np.concatenate([255 * affine, 255 * bias[:, None] + 0.5], 1).astype(np.float32)
         # The SR network: the fused form (same function, fewer and larger convs) when possible.
-        self.sr_net: nn.Module = self.model.tanet
+        # A module, or a StandaloneBranch's bound tanet method (called alike).
+        self.sr_net: Callable[..., Any] = self.model.tanet
         if fuse and isinstance(self.model, VSRNet) and can_fuse(self.model.tanet):
             # Grouped-conv fusion pays on GPUs; a 2-core AVX2 CPU runs separate convs faster.
-            self.sr_net = FusedTANet(self.model.tanet, fuse_convs=self.device.type == "cuda").to(self.device).eval()
+            fused = FusedTANet(self.model.tanet, fuse_convs=self.device.type == "cuda").to(self.device).eval()
             if self.device.type == "cpu":
-                self.sr_net = self.sr_net.to(memory_format=torch.channels_last)
+                fused = fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as above
+            self.sr_net = fused
         if compile:
             self.sr_net = CompiledOrEager(self.sr_net)
 
@@ -166,8 +170,8 @@ class Upscaler:
             aligned_luma, shifts = align_window(
                 luma,
                 self.cfg.align_block,
-                self.flow_method,  # type: ignore[arg-type]
-                self.flow_preset,  # type: ignore[arg-type]
+                self.flow_method,
+                self.flow_preset,
             )
             if self.cfg.color == "y":
                 planes = aligned_luma[:, None]
@@ -304,7 +308,7 @@ class CompiledOrEager(nn.Module):
     compiler on CPU, logs one warning and the eager module serves every later call.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: Callable[..., Any]) -> None:
         super().__init__()
         self.eager = module
         self.compiled: Any = torch.compile(module, dynamic=False)
@@ -348,7 +352,7 @@ class StandaloneBranch(nn.Module):
 
     def __init__(self, branch_model: nn.Module) -> None:
         super().__init__()
-        cfg: ModelConfig = branch_model.cfg
+        cfg = cast(ModelConfig, branch_model.cfg)  # a BranchModel's config
         self.cfg = replace(cfg, alignment="rof" if cfg.alignment in ("rof", "san") else "none")
         self.inner = branch_model
 
@@ -363,11 +367,22 @@ class StandaloneBranch(nn.Module):
         return TANetOutput(sr, sr[:, None], ones)
 
 
-def flow_settings(meta: dict[str, Any]) -> dict[str, str]:
+class FlowSettings(TypedDict):
+    """The :class:`Upscaler` keyword arguments :func:`flow_settings` returns."""
+
+    flow_method: FlowMethod
+    flow_preset: DisPreset
+
+
+def flow_settings(meta: dict[str, Any]) -> FlowSettings:
     """``{"flow_method", "flow_preset"}`` of the optical flow a model's ROF inputs were made
     with (its ``model.json`` params), so inference aligns as training did."""
     flow = ((meta or {}).get("params") or {}).get("flow") or {}
-    return {"flow_method": str(flow.get("method", "dis")), "flow_preset": str(flow.get("dis_preset", "medium"))}
+    # Validated params when training wrote them; estimate_flow refuses any other value.
+    return {
+        "flow_method": cast(FlowMethod, str(flow.get("method", "dis"))),
+        "flow_preset": cast(DisPreset, str(flow.get("dis_preset", "medium"))),
+    }
 
 
 def load_upscaler(model: nn.Module, **kwargs: Any) -> Upscaler:

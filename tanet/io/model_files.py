@@ -55,7 +55,7 @@ def write_model_dir(
         atomic_write_json(tmp / HISTORY, history)
 
 
-def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[VSRNet | BranchModel, dict[str, Any]]:
     """Loads a model folder written by :func:`write_model_dir` (joint or branch).
 
     Raises:
@@ -78,7 +78,7 @@ def load_model_dir(path: Path, device: torch.device | str = "cpu") -> tuple[nn.M
         kind, branch = meta.get("kind", "joint"), int(meta.get("branch", 0))
         if kind not in ("joint", "branch"):
             raise ValueError(f"kind must be 'joint' or 'branch', got {kind!r}")
-        model: nn.Module = BranchModel(cfg, branch) if kind == "branch" else VSRNet(cfg)
+        model: VSRNet | BranchModel = BranchModel(cfg, branch) if kind == "branch" else VSRNet(cfg)
     except (TanetError, ValueError, TypeError) as err:
         raise TanetError(f"{meta_path}: invalid model config: {err}") from None
     weights_path = path / CKPT_WEIGHTS

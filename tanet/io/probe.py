@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import ffmpeg
 import imageio_ffmpeg
@@ -104,7 +104,7 @@ _FIELD_ORDERS = ("progressive", "top first", "bottom first", "top coded first", 
 class _Stream(NamedTuple):
     """One stream of ffmpeg's description of input #0."""
 
-    index: int  # the N of "Stream #0:N"
+    index: int  # type: ignore[assignment]  # the N of "Stream #0:N"; mypy objects to a field shadowing tuple.index
     kind: str  # "Video", "Audio", "Subtitle", "Data" or "Attachment"
     desc: str  # the text after "Video: " ("h264 (High), yuv420p(progressive), 64x48, ...")
     extra: str  # indented lines below it: metadata and side data (display matrix)
@@ -183,7 +183,7 @@ def parse_description(text: str, path: str | Path) -> VideoInfo:
         path=path,
         width=width,
         height=height,
-        fps=avg or base,
+        fps=cast(Fraction, avg or base),  # not None: one is set (checked above) and rates are > 0
         num_frames=int(frames_tag.group(1)) if frames_tag else None,
         duration=_parse_duration(text),
         codec=video.codec,

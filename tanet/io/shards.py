@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NotRequired, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +22,17 @@ DEFAULT_ZSTD_LEVEL: int = PatchesParams.zstd_level
 
 
 FORMAT_VERSION = 1
+
+
+class ShardRecord(TypedDict):
+    """One entry of a manifest's ``shards``, as :meth:`ShardWriter.close` returns it."""
+
+    file: str  # shard file name, in the patches folder
+    rows: int
+    row_groups: int
+    bytes: int  # file size
+    sha256: str
+    clip_id: NotRequired[str]  # added by the patches stage
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ class ShardWriter:
         self.prefix = prefix
         self.schema = schema
         self.max_bytes = max_bytes
-        self.shards: list[dict[str, object]] = []
+        self.shards: list[ShardRecord] = []
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._rows = 0
@@ -139,7 +151,7 @@ class ShardWriter:
         self._writer = None
         self._tmp = None
 
-    def close(self) -> list[dict[str, object]]:
+    def close(self) -> list[ShardRecord]:
         """Finishes the last shard; returns the shard records."""
         self._close_shard()
         return self.shards
@@ -157,7 +169,7 @@ class ShardWriter:
 
 
 def write_patch_manifest(
-    out_dir: Path, layout: PatchLayout, shards: list[dict[str, object]], **info: object
+    out_dir: Path, layout: PatchLayout, shards: list[ShardRecord], **info: object
 ) -> dict[str, object]:
     """Writes ``manifest.json`` for shards written by :class:`ShardWriter` into ``out_dir``.
 
@@ -176,7 +188,7 @@ def write_patch_manifest(
         "num_frames": layout.num_frames,
         "channels": layout.channels,
         "patch_size": layout.patch,
-        "rows": sum(int(s["rows"]) for s in shards),  # type: ignore[call-overload]
+        "rows": sum(int(s["rows"]) for s in shards),
         **info,
         "shards": shards,
     }
@@ -184,7 +196,7 @@ def write_patch_manifest(
     return manifest
 
 
-def read_patch_manifest(patches_dir: Path) -> dict[str, object]:
+def read_patch_manifest(patches_dir: Path) -> dict[str, Any]:
     """Reads the shard manifest of a patches folder."""
     path = Path(patches_dir) / SHARDS_MANIFEST
     if not path.is_file():

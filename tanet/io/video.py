@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import ffmpeg
 import numpy as np
@@ -238,7 +238,7 @@ class VideoReader:
         if self._proc is None:
             self._proc, self._stderr = _popen(self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         frame = np.empty(self._frame_shape, dtype=np.uint8)
-        got = _read_exactly(self._proc.stdout, memoryview(frame).cast("B"))
+        got = _read_exactly(self._proc.stdout, frame.data.cast("B"))  # .data: memoryview(frame), typed on 3.11 too
         if got == self._frame_bytes:
             self.frames_read += 1
             return frame
@@ -544,7 +544,8 @@ class VideoWriter:
             "transfer": "color_trc",
         }
         options.update({names[k]: v for k, v in tags.items() if v is not None})
-        return options, {"out_color_matrix": _SCALE_MATRIX[tags["space"]], "out_range": tags["range"]}
+        space, out_range = cast(str, tags["space"]), cast(str, tags["range"])  # _color_tags always sets both
+        return options, {"out_color_matrix": _SCALE_MATRIX[space], "out_range": out_range}
 
     def _plan_side_streams(self, source: Path) -> list[tuple[str, str]]:
         """Chooses how to carry the audio and subtitles of ``source``: (selector, codec)."""
@@ -643,7 +644,8 @@ class VideoWriter:
             self._start()
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+            # .data is memoryview(frame), typed for Python 3.11 too
+            self._proc.stdin.write(np.ascontiguousarray(frame).data.cast("B"))
         except (BrokenPipeError, ValueError):
             rc = self._proc.wait()
             assert self._stderr is not None

@@ -28,11 +28,13 @@ Shapes: as :class:`~tanet.models.temporal_adaptive.TemporalAdaptiveNetwork`.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tanet.models.branch import check_clip, make_activation
+from tanet.models.branch import SRBranch, SubPixelNet, check_clip, make_activation
 from tanet.models.temporal_adaptive import TANetOutput, TemporalAdaptiveNetwork
 
 
@@ -47,6 +49,16 @@ def can_fuse(net: TemporalAdaptiveNetwork) -> bool:
         and b.activation == m.activation
         and not m.global_residual
     )
+
+
+def _conv(layer: nn.Module) -> nn.Conv2d:
+    """A layer of an ESPCN body, which holds convolutions and activations only (:func:`can_fuse`)."""
+    return cast(nn.Conv2d, layer)
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a convolution made with one (``bias=True``, every convolution here)."""
+    return cast(torch.Tensor, conv.bias)
 
 
 class FusedTANet(nn.Module):
@@ -67,7 +79,8 @@ class FusedTANet(nn.Module):
         self.fuse_convs = fuse_convs
         self.plain = None if fuse_convs else net
         n, c, r, t = cfg.num_branches, cfg.channels, cfg.scale, cfg.num_frames
-        subnets = [br.net for br in net.branches] + [net.modulation.net]  # N + 1 SubPixelNets
+        # N + 1 SubPixelNets (TemporalAdaptiveNetwork.branches holds SRBranch modules)
+        subnets: list[SubPixelNet] = [cast(SRBranch, br).net for br in net.branches] + [net.modulation.net]
         widths, kernels = cfg.branch.widths, cfg.branch.kernel_sizes
         self.global_residual = cfg.branch.global_residual
         self.act = make_activation(cfg.branch.activation)
@@ -77,11 +90,11 @@ class FusedTANet(nn.Module):
             first = nn.Conv2d(t * c, (n + 1) * widths[0], kernels[0], padding=kernels[0] // 2)
             first.weight.zero_()
             for j, sub in enumerate(subnets):
-                conv = sub.body[0]
+                conv = _conv(sub.body[0])
                 frames = 2 * j + 1 if j < n else t
                 lo = (t - frames) // 2 * c
                 first.weight[j * widths[0] : (j + 1) * widths[0], lo : lo + frames * c] = conv.weight
-                first.bias[j * widths[0] : (j + 1) * widths[0]] = conv.bias
+                _bias(first)[j * widths[0] : (j + 1) * widths[0]] = _bias(conv)
             layers.append(first)
             # Hidden layers: grouped, one group per sub-network.
             for k in range(1, len(widths)):
@@ -89,16 +102,16 @@ class FusedTANet(nn.Module):
                     (n + 1) * widths[k - 1], (n + 1) * widths[k], kernels[k], padding=kernels[k] // 2, groups=n + 1
                 )
                 for j, sub in enumerate(subnets):
-                    src = sub.body[2 * k]
+                    src = _conv(sub.body[2 * k])
                     conv.weight[j * widths[k] : (j + 1) * widths[k]] = src.weight
-                    conv.bias[j * widths[k] : (j + 1) * widths[k]] = src.bias
+                    _bias(conv)[j * widths[k] : (j + 1) * widths[k]] = _bias(src)
                 layers.append(conv)
             self.hidden = nn.ModuleList(layers)
             k_out, w_last = kernels[-1], widths[-1]
             self.branch_tail = nn.Conv2d(n * w_last, n * c * r * r, k_out, padding=k_out // 2, groups=n)
             for j in range(n):
                 self.branch_tail.weight[j * c * r * r : (j + 1) * c * r * r] = subnets[j].tail.weight
-                self.branch_tail.bias[j * c * r * r : (j + 1) * c * r * r] = subnets[j].tail.bias
+                _bias(self.branch_tail)[j * c * r * r : (j + 1) * c * r * r] = _bias(subnets[j].tail)
             self.mod_tail = nn.Conv2d(w_last, n * r * r, k_out, padding=k_out // 2)
             self.mod_tail.load_state_dict(subnets[n].tail.state_dict())
         self.w_last = w_last
@@ -110,7 +123,7 @@ class FusedTANet(nn.Module):
         if self.plain is not None:
             pre = []
             for i, branch in enumerate(self.plain.branches, start=1):
-                sub = branch.net
+                sub = cast(SRBranch, branch).net
                 pre.append(sub.tail(sub.body(self.plain.branch_window(frames, i).reshape(b, (2 * i - 1) * c, h, w))))
             mod = self.plain.modulation.net
             logits = mod.tail(mod.body(frames.reshape(b, t * c, h, w)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -89,6 +90,7 @@ def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> 
     Returns:
         ``(weights, indices)``, both ``(out_len, P')``; indices are 0-based.
     """
+    kernel: Callable[[torch.Tensor], torch.Tensor]
     if scale < 1 and antialias:
         width = _CUBIC_WIDTH / scale
 

@@ -173,8 +173,9 @@ def y_psnr_ssim(sr_rgb_u8: torch.Tensor, gt_rgb_u8: torch.Tensor, crop: int = 0)
 
 def _dis_flows(y_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     """DIS optical flow (OpenCV, medium preset) from each frame to the next: ``(H, W, 2)``."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return [dis.calc(prev, nxt, None) for prev, nxt in itertools.pairwise(y_frames)]
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # the typed spelling of DISOpticalFlow_create
+    # flow=None: OpenCV allocates the output; its stubs type that argument as not optional.
+    return [dis.calc(prev, nxt, None) for prev, nxt in itertools.pairwise(y_frames)]  # type: ignore[call-overload]
 
 
 def clip_motion(frames: torch.Tensor) -> list[np.ndarray]:

@@ -36,7 +36,7 @@ def _dis(preset: DisPreset) -> cv2.DISOpticalFlow:
     if preset not in cache:
         if preset not in _DIS_PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r} (known: {', '.join(_DIS_PRESETS)})")
-        cache[preset] = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
+        cache[preset] = cv2.DISOpticalFlow.create(_DIS_PRESETS[preset])  # the typed spelling of DISOpticalFlow_create
     return cache[preset]
 
 
@@ -71,9 +71,10 @@ def estimate_flow(
     ref = np.ascontiguousarray(ref)
     nbr = np.ascontiguousarray(nbr)
     if method == "dis":
-        flow = _dis(preset).calc(ref, nbr, None)
+        # flow=None: OpenCV allocates the output; its stubs type that argument as not optional.
+        flow = _dis(preset).calc(ref, nbr, None)  # type: ignore[call-overload]
     else:
-        flow = cv2.calcOpticalFlowFarneback(ref, nbr, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        flow = cv2.calcOpticalFlowFarneback(ref, nbr, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # type: ignore[call-overload]
     return np.ascontiguousarray(flow[:h, :w])
 
 

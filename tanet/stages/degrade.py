@@ -36,7 +36,7 @@ def run_degrade(params: Params, clips_dir: Path, out_dir: Path, mapper: Mapper =
     jobs = [(c.clip_id, s, k) for s in dp.scales for k in dp.kinds for c in clips]
     with atomic_dir(out_dir) as tmp:
 
-        def run(job: tuple[str, int, str]) -> int:
+        def run(job: tuple[str, int, DegradationKind]) -> int:
             clip_id, scale, kind = job
             return degrade_folder(
                 clips_dir / clip_id,

@@ -75,7 +75,7 @@ def run_evaluate(
         raise TanetError(f"{model_dir}: expected a joint model, found a {meta['kind']}")
     kind, scale = meta.get("degradation", params.patches.degradation), joint.cfg.scale
     deg = Degradation(kind, scale, params.degrade.bd_sigma, params.degrade.bd_kernel_size)
-    branches = []
+    branches: list[torch.nn.Module] = []
     if pretrain_dir is not None:
         branches = [
             load_model_dir(pretrain_dir / f"branch_{i}", device)[0] for i in range(1, joint.cfg.num_branches + 1)

@@ -20,7 +20,7 @@ the loader instead of being read as valid.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from tanet.errors import InputError, TanetError
 from tanet.io.atomic import atomic_dir
 from tanet.io.clips import ClipRecord, load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
-from tanet.io.shards import PatchLayout, ShardWriter, write_patch_manifest
+from tanet.io.shards import PatchLayout, ShardRecord, ShardWriter, write_patch_manifest
 from tanet.ops.color import planes
 from tanet.ops.rof import neighbour_offsets, patch_shifts, shift_crop
 from tanet.ops.seeds import seed_of
@@ -57,7 +57,7 @@ def sample_positions(
 
 def clip_rows(
     clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, params: Params
-) -> Iterator[dict[str, object]]:
+) -> Iterator[dict[str, Sequence[object]]]:
     """Yields the samples of one clip, one reference frame at a time (as column dicts)."""
     pp, model = params.patches, params.model
     layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
@@ -120,7 +120,7 @@ def clip_rows(
 
 def write_clip_shards(
     clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, params: Params, out_dir: Path
-) -> list[dict[str, object]]:
+) -> list[ShardRecord]:
     """Writes one clip's samples as shards ``<clip>-NNNNN.parquet``; returns their records."""
     pp, model = params.patches, params.model
     layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
@@ -131,8 +131,8 @@ def write_clip_shards(
     try:
         for rows in clip_rows(clip, clips_dir, lr_clip_dir, flow_file, params):
             for name in schema.names:
-                pending[name].extend(rows[name])  # type: ignore[arg-type]
-            count += len(rows["clip"])  # type: ignore[arg-type]
+                pending[name].extend(rows[name])
+            count += len(rows["clip"])
             while len(pending["clip"]) >= pp.rows_per_group:
                 _flush(writer, schema, pending, pp.rows_per_group)
         if pending["clip"]:
@@ -181,12 +181,12 @@ def run_patches(
             clips,
             [c.clip_id for c in clips],
         )
-        shards: list[dict[str, object]] = []
+        shards: list[ShardRecord] = []
         for clip, res in zip(clips, results):
             if isinstance(res, BaseException):
                 raise TanetError(f"patches: clip {clip.clip_id} failed: {res}") from res
             shards.extend(res)
-        total = sum(int(s["rows"]) for s in shards)  # type: ignore[call-overload]
+        total = sum(int(s["rows"]) for s in shards)
         if total == 0:
             raise TanetError(
                 "patches: no sample extracted (clips smaller than patches.patch_size, or min_std too high)"
@@ -198,7 +198,7 @@ def run_patches(
             lr_set=name,
             degradation=pp.degradation,
             color=model.color,
-            clips={c.clip_id: sum(int(s["rows"]) for s in shards if s["clip_id"] == c.clip_id) for c in clips},  # type: ignore[call-overload]
+            clips={c.clip_id: sum(int(s["rows"]) for s in shards if s["clip_id"] == c.clip_id) for c in clips},
             licences=sorted({c.licence for c in clips}),
         )
     return manifest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,8 +15,11 @@ from tanet.infer.pipeline import upscale_video
 from tanet.io.atomic import atomic_dir
 from tanet.io.video import VideoWriter, open_video
 
+if TYPE_CHECKING:
+    from tanet.ops.degrade import DegradationKind
 
-def make_lr_sample(source: Path, out_path: Path, scale: int, seconds: float, kind: str = "BI") -> int:
+
+def make_lr_sample(source: Path, out_path: Path, scale: int, seconds: float, kind: DegradationKind = "BI") -> int:
     """Cuts the first ``seconds`` of a video, degrades it by ``scale`` and writes it with its audio.
 
     Returns:

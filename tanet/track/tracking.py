@@ -240,9 +240,11 @@ class Tracker:
     """Logs params, metrics and artifacts of one stage run; a no-op when disabled."""
 
     def __init__(self, mlflow: Any | None = None, run_id: str | None = None) -> None:
-        self.mlflow = mlflow
+        # The lazily imported mlflow module and its client (None when disabled): Any, as the
+        # module is passed in; every use sits behind `enabled`, which implies both are set.
+        self.mlflow: Any = mlflow
         self.run_id = run_id
-        self._client = mlflow.MlflowClient() if mlflow is not None else None
+        self._client: Any = mlflow.MlflowClient() if mlflow is not None else None
 
     @property
     def enabled(self) -> bool:

@@ -153,6 +153,7 @@ def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: di
     )
     for shard in patches_manifest["shards"]:
         digest.update(str(shard["sha256"]).encode())
-    for name in sorted(init_weights or {}):
-        digest.update(name.encode() + init_weights[name].detach().cpu().contiguous().numpy().tobytes())  # type: ignore[index]
+    weights = init_weights or {}
+    for name in sorted(weights):
+        digest.update(name.encode() + weights[name].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -130,7 +130,7 @@ def compute_loss(
 
 def make_optimizer(model: nn.Module, optim: OptimParams, device: torch.device) -> torch.optim.Optimizer:
     """AdamW: fused kernels on CUDA, multi-tensor (``foreach``) on CPU."""
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, **fast)
 
 
@@ -314,7 +314,7 @@ def run_job(
     finally:
         _close(batches)  # stops the prefetching thread
         loader.close()  # and the decoding threads
-    metrics: dict[str, Any] = {}
+    metrics = {}
     if rank == 0:
         metrics = validate(job, model, val_clips, device)
         history.append({"step": optim.steps, **metrics})
@@ -341,7 +341,7 @@ def model_meta(params: Params, patches_dir: Path) -> dict[str, Any]:
         "color": params.model.color,
         "alignment": params.model.alignment,
         "licences": manifest.get("licences", []),
-        "patches_sha256": hashlib.sha256("".join(str(s["sha256"]) for s in manifest["shards"]).encode()).hexdigest(),  # type: ignore[union-attr]
+        "patches_sha256": hashlib.sha256("".join(str(s["sha256"]) for s in manifest["shards"]).encode()).hexdigest(),
         "patches_dvc_md5": dvc_out_hash(patches_dir),  # DVC's own hash of the shards, when run by DVC
         "params": params.to_dict(),
     }
