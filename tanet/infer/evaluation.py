@@ -308,8 +308,8 @@ def heldout_scores(
     device: torch.device,
     tile: int,
     crop: int,
-    flow_method: str,
-    flow_preset: str = "medium",
+    flow_method: FlowMethod,
+    flow_preset: DisPreset = "medium",
 ) -> dict[str, dict[str, float]]:
     """``{dataset: {"psnr", "ssim"}}`` of a joint model folder on clips, averaged as ``eval.json`` is.
 
