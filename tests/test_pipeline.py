@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,24 +177,32 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
 
     data = set_key(load_params(repo / "params.yaml").to_dict(), "patches.seed", 7)
     (repo / "params.yaml").write_text(dump_params(data))
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    count = "import mlflow; print(len(mlflow.MlflowClient().search_model_versions(\"name='tanet'\")))"
+    before = int(_py(count, repo, store))
+    assert before >= 1  # the deployment's run (through `tanet serve`) registered into this same store
+    started_ms = int(time.time() * 1000)
     res = run(["dvc", "repro"], repo)
     assert _ran(res.stdout) == ["sources", "patches", "pretrain", "train", "evaluate", "register", "sample"]
     for stage in ("ingest", "degrade", "flow"):
         assert f"Stage '{stage}' didn't change, skipping" in res.stdout
-    # Plain `dvc repro` without MLFLOW_TRACKING_URI registers in the repo's embedded store.
+    # Plain `dvc repro` without MLFLOW_TRACKING_URI registers in the repo's embedded store, the
+    # one `tanet serve` runs its MLflow server on: one registry per repo (this assertion was
+    # version "1" while `tanet serve` kept a store of its own under .tanet/services).
     record = json.loads((repo / "metrics/register.json").read_text())
-    assert record["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}" and record["version"] == "1"
+    assert record["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}" and record["version"] == str(before + 1)
+    assert record["reference"].startswith("champion version")  # the deployment's run left a champion
     # ...and, with no TANET_PARENT_RUN_ID, the stages of that one `dvc repro` still nest under
     # one parent run: the always-changed sources stage starts a pipeline token
     # (.tanet/pipeline.json), the first tracked stage records its run beside it.
     code = (
         "import json, mlflow\n"
-        "runs = mlflow.search_runs(experiment_names=['tanet'], output_format='list')\n"
+        f"runs = mlflow.search_runs(experiment_names=['tanet'], filter_string='attributes.start_time >= {started_ms}',"
+        " output_format='list')\n"
         "print(json.dumps([{'name': r.data.tags.get('mlflow.runName'), 'parent': r.data.tags.get('mlflow.parentRunId'),"
         " 'id': r.info.run_id} for r in runs]))\n"
     )
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    runs = json.loads(_py(code, repo, env))
+    runs = json.loads(_py(code, repo, store))
     parents = [r for r in runs if r["name"] == "pipeline"]
     assert len(parents) == 1, runs
     by_name = {r["name"]: r for r in runs}

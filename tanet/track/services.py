@@ -3,7 +3,8 @@
 ``serve`` brings up, on 127.0.0.1:
 
 1. a Prefect server (SQLite under the project's ``PREFECT_HOME``),
-2. an MLflow tracking server (SQLite + local artifacts, one worker, job execution off,
+2. an MLflow tracking server over the repo's own store (``mlflow.db`` + ``mlartifacts/``, the
+   one a plain ``dvc repro`` writes; one worker, job execution off,
    artifacts proxied so remote clients can log),
 3. the ``tanet`` work pool (type ``process``) and the deployments of ``prefect.yaml``,
 4. a worker for the pool, whose flow runs see ``PREFECT_API_URL`` and
@@ -172,7 +173,8 @@ def serve(
         prefect_port: Prefect server port (0: any free port).
         mlflow_port: MLflow server port (0: any free port).
         host: bind address.
-        state_dir: where state, logs and the MLflow store live (default ``.tanet/services``).
+        state_dir: where state and logs live (default ``.tanet/services``); the MLflow store
+            is the repo's own ``mlflow.db`` and ``mlartifacts/``, shared with a plain ``dvc repro``.
         deploy: create the work pool and apply ``prefect.yaml``'s deployments.
         worker: start a worker for the pool.
         timeout: seconds to wait for each health check.
@@ -209,9 +211,11 @@ def serve(
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{(state_dir / 'mlflow.db').resolve()}",
+                # The repo's one store: the same mlflow.db and mlartifacts/ that a plain
+                # `dvc repro` (no MLFLOW_TRACKING_URI) writes, so both see one @champion.
+                f"sqlite:///{(root / 'mlflow.db').resolve()}",
                 "--artifacts-destination",
-                str((state_dir / "mlartifacts").resolve()),
+                str((root / "mlartifacts").resolve()),
             ],
             logs / "mlflow-server.log",
             env,
