@@ -78,6 +78,7 @@ STAGES: dict[str, Stage] = {
             "--metrics": "metrics_path",
             "--frames": "frames_csv",
             "--plots": "plots_dir",
+            "--summary": "summary_path",
         },
         "held-out clips and Vid4: bicubic, lanczos, tanet, every branch",
         tracked=True,

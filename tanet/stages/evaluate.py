@@ -27,6 +27,7 @@ from tanet.infer.evaluation import (
 from tanet.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from tanet.io.markdown import markdown_table
 from tanet.io.model_files import load_model_dir
+from tanet.models.cost import count_parameters
 from tanet.models.vsr import VSRNet
 from tanet.ops.degrade import Degradation
 from tanet.track.tracking import Tracker
@@ -49,6 +50,7 @@ def run_evaluate(
     plots_dir: Path,
     device: torch.device | str = "auto",
     tracker: Tracker | None = None,
+    summary_path: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluates the joint model, its branches and bicubic on every available dataset.
 
@@ -64,6 +66,7 @@ def run_evaluate(
         plots_dir: folder of PNG figures (replaced whole).
         device: inference device (``auto``: CUDA when there is one).
         tracker: the stage's MLflow run: gets every figure, the plots and the per-frame CSV.
+        summary_path: the headline metrics file to write (:func:`headline`), if any.
 
     Returns:
         The ``eval.json`` content.
@@ -120,6 +123,8 @@ def run_evaluate(
         for dataset, methods in per_clip.items()
     }
     atomic_write_json(metrics_path, result)
+    if summary_path is not None:
+        atomic_write_json(summary_path, headline(result, meta, count_parameters(joint)))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["dataset", "clip", "method", "frame", "psnr", "ssim"])
     writer.writeheader()
@@ -132,6 +137,27 @@ def run_evaluate(
         tracker.log_artifact(plots_dir, "plots")
         tracker.log_artifact(frames_csv)
     return result
+
+
+def headline(result: dict[str, Any], meta: dict[str, Any], params: int) -> dict[str, Any]:
+    """The few numbers a user compares across runs (``metrics/summary.json``, what ``dvc exp show`` lists).
+
+    Y-PSNR/SSIM of tanet and bicubic on each dataset but Vid4's reference-LR copy, the
+    model's validation PSNR during training, and its parameter count.
+
+    >>> ev = {"heldout_BIx4": {"tanet": {"psnr": 30.0, "ssim": 0.9, "tof": 0.2}, "bicubic": {"psnr": 29.0, "ssim": 0.8},
+    ...       "branch_1": {"psnr": 29.5, "ssim": 0.85}}}
+    >>> headline(ev, {"val_psnr": 30.12341}, 124256)
+    {'heldout_BIx4': {'tanet': {'psnr': 30.0, 'ssim': 0.9}, 'bicubic': {'psnr': 29.0, 'ssim': 0.8}}, 'val_psnr': 30.1234, 'params': 124256}
+    """
+    out: dict[str, Any] = {}
+    for ds, methods in result.items():
+        if ds.startswith("vid4ref"):
+            continue
+        out[ds] = {m: {k: methods[m][k] for k in ("psnr", "ssim")} for m in ("tanet", "bicubic") if m in methods}
+    out["val_psnr"] = round(float(meta.get("val_psnr", float("nan"))), 4)
+    out["params"] = params
+    return out
 
 
 def markdown_report(result: dict[str, dict[str, dict[str, float]]], methods: Sequence[str] | None = None) -> str:
