@@ -41,7 +41,8 @@ from tanet.errors import ConfigError, InputError, TanetError
 from tanet.infer.upscaler import Upscaler, flow_settings, load_upscaler, weight_map_image
 from tanet.io.model_files import MODEL_META, load_model_dir
 from tanet.io.probe import count_frames
-from tanet.io.video import FrameFolderWriter, VideoWriter, check_replaceable_frame_folder, open_video
+from tanet.io.video import open_video
+from tanet.io.writer import FrameFolderWriter, VideoWriter, check_replaceable_frame_folder
 
 log = logging.getLogger(__name__)
 
