@@ -284,6 +284,9 @@ def upscale_video(
     Returns:
         An :class:`UpscaleReport`.
     """
+    # Long on purpose: one streaming pipeline (decode thread, network, encoder) whose threads,
+    # ffmpeg processes and temporary output share one try/finally, so an error or a signal anywhere
+    # releases all of them.
     input_path, output_path = Path(input_path), Path(output_path)
     if compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {compile!r}")
