@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from tanet.io.probe import ffmpeg_exe
-from tanet.io.video import VideoReader, VideoWriter
+from tanet.io.video import VideoReader
+from tanet.io.writer import VideoWriter
 
 
 def make_clip(path: Path, width: int, height: int, frames: int) -> Path:

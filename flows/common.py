@@ -20,13 +20,11 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tanet.errors import raise_on_termination
+from tanet.stages.parallel import R, T
 from tanet.track.services import TELEMETRY_OFF, free_port, wait_healthy
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -204,6 +204,7 @@ MODEL_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    # Long on purpose: one flat table of every sub-command and flag, the CLI's single reference.
     ap = argparse.ArgumentParser(prog="tanet", description="Video super-resolution that learns temporal dynamics.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)

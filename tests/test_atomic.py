@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tanet.io.atomic import atomic_dir, atomic_write_text, default_mode
-from tanet.io.video import VideoWriter
+from tanet.io.writer import VideoWriter
 
 
 def _mode(path: Path) -> int:

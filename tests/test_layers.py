@@ -67,3 +67,18 @@ def test_a_violation_is_caught(tmp_path: Path) -> None:
     probe.write_text("def f():\n    from tanet.stages.ingest import run_ingest\n")
     deps = tanet_imports(probe)
     assert deps == {"tanet/stages/ingest.py"} and RANK[layer("tanet/stages/ingest.py")] > RANK["io"]
+
+
+def test_no_public_name_is_defined_in_two_modules() -> None:
+    """One home for each helper: a public module-level name (but ``main``) has one definition."""
+    homes: dict[str, set[str]] = {}
+    for path in [*(ROOT / "tanet").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
+        for node in ast.parse(path.read_text()).body:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else []
+            if isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            for name in names:
+                if not name.startswith("_") and name not in ("main", "log"):
+                    homes.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    twice = {name: sorted(files) for name, files in homes.items() if len(files) > 1}
+    assert not twice, twice

@@ -19,7 +19,8 @@ import pytest
 from tanet.errors import InputError, VideoError
 from tanet.io.atomic import owner_token
 from tanet.io.probe import count_frames, ffmpeg_exe, probe
-from tanet.io.video import FrameFolderReader, FrameFolderWriter, OutputExistsError, VideoReader, VideoWriter, open_video
+from tanet.io.video import FrameFolderReader, VideoReader, open_video
+from tanet.io.writer import FrameFolderWriter, OutputExistsError, VideoWriter
 
 W, H = mf.SIZE
 
@@ -378,7 +379,7 @@ def test_lossless_round_trip_is_exact_even_at_odd_size(tmp_path: Path, suffix: s
 
 def test_odd_size_encodes_yuv444(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "odd.mp4"
-    with caplog.at_level(logging.INFO, logger="tanet.io.video"), VideoWriter(out, 33, 17, 25) as writer:
+    with caplog.at_level(logging.INFO, logger="tanet.io.writer"), VideoWriter(out, 33, 17, 25) as writer:
         for f in random_frames(3, 33, 17):
             writer.write(f)
     assert "yuv444p" in caplog.text
@@ -415,7 +416,7 @@ def test_audio_that_cannot_be_copied_is_reencoded_with_a_note(tmp_path: Path, ca
     source = mf.pcm_audio_mkv(tmp_path / "src.mkv")
     out = tmp_path / "out.m4v"  # the ipod muxer refuses PCM
     with (
-        caplog.at_level(logging.WARNING, logger="tanet.io.video"),
+        caplog.at_level(logging.WARNING, logger="tanet.io.writer"),
         VideoWriter(out, W, H, 25, audio_from=source) as w,
     ):
         for f in read_all(source):

@@ -41,7 +41,8 @@ from tanet.errors import ConfigError, InputError, TanetError
 from tanet.infer.upscaler import Upscaler, flow_settings, load_upscaler, weight_map_image
 from tanet.io.model_files import MODEL_META, load_model_dir
 from tanet.io.probe import count_frames
-from tanet.io.video import FrameFolderWriter, VideoWriter, check_replaceable_frame_folder, open_video
+from tanet.io.video import open_video
+from tanet.io.writer import FrameFolderWriter, VideoWriter, check_replaceable_frame_folder
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,9 @@ def upscale_video(
     Returns:
         An :class:`UpscaleReport`.
     """
+    # Long on purpose: one streaming pipeline (decode thread, network, encoder) whose threads,
+    # ffmpeg processes and temporary output share one try/finally, so an error or a signal anywhere
+    # releases all of them.
     input_path, output_path = Path(input_path), Path(output_path)
     if compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {compile!r}")

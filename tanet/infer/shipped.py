@@ -207,6 +207,7 @@ def build(
     schedule: str | None = None,
 ) -> Path:
     """Writes ``tanet/weights/<name>/`` from a trained model folder: weights, model.json and the card."""
+    # Long on purpose: the model card assembled field by field, each block a line or two.
     import shutil
 
     from tanet.io.atomic import atomic_dir, atomic_write_json, atomic_write_text

@@ -83,18 +83,7 @@ def run_evaluate(
         branches = [
             load_model_dir(pretrain_dir / f"branch_{i}", device)[0] for i in range(1, joint.cfg.num_branches + 1)
         ]
-    vid4_dir = (root / ep.vid4_dir).resolve()
-    sources: list[Iterator[EvalClip]] = [heldout_clips(params, clips_dir, lr_dir, ep.max_frames)]
-    if ep.vid4 == "on" and not (vid4_dir / "GT").is_dir():
-        raise TanetError(f"evaluate.vid4 is 'on' but {vid4_dir / 'GT'} does not exist")
-    if ep.vid4 != "off" and (vid4_dir / "GT").is_dir():
-        sources = [
-            vid4_clips(vid4_dir, deg, ep.max_frames),
-            vid4_reference_clips(vid4_dir, deg, ep.max_frames),
-            *sources,
-        ]
-    elif ep.vid4 == "auto":
-        log.info("Vid4 not found at %s: evaluating the held-out clips only", vid4_dir)
+    sources = eval_sources(params, root, clips_dir, lr_dir, deg)
     per_clip: dict[str, dict[str, list[dict[str, float]]]] = {}
     all_rows: list[dict[str, Any]] = []
     with atomic_dir(plots_dir) as plots_tmp:
@@ -125,11 +114,7 @@ def run_evaluate(
     atomic_write_json(metrics_path, result)
     if summary_path is not None:
         atomic_write_json(summary_path, headline(result, meta, count_parameters(joint)))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["dataset", "clip", "method", "frame", "psnr", "ssim"])
-    writer.writeheader()
-    writer.writerows(all_rows)
-    atomic_write_bytes(frames_csv, buf.getvalue().encode())
+    write_frames_csv(frames_csv, all_rows)
     if tracker is not None:
         tracker.log_metrics(
             {f"{ds}.{m}.{k}": v for ds, ms in result.items() for m, vals in ms.items() for k, v in vals.items()}
@@ -137,6 +122,31 @@ def run_evaluate(
         tracker.log_artifact(plots_dir, "plots")
         tracker.log_artifact(frames_csv)
     return result
+
+
+def eval_sources(
+    params: Params, root: Path, clips_dir: Path, lr_dir: Path, deg: Degradation
+) -> list[Iterator[EvalClip]]:
+    """The datasets to evaluate: Vid4 (ours from GT, and the reference LR) when ``evaluate.vid4`` asks, then held-out."""
+    ep = params.evaluate
+    vid4_dir = (root / ep.vid4_dir).resolve()
+    sources: list[Iterator[EvalClip]] = [heldout_clips(params, clips_dir, lr_dir, ep.max_frames)]
+    if ep.vid4 == "on" and not (vid4_dir / "GT").is_dir():
+        raise TanetError(f"evaluate.vid4 is 'on' but {vid4_dir / 'GT'} does not exist")
+    if ep.vid4 != "off" and (vid4_dir / "GT").is_dir():
+        return [vid4_clips(vid4_dir, deg, ep.max_frames), vid4_reference_clips(vid4_dir, deg, ep.max_frames), *sources]
+    if ep.vid4 == "auto":
+        log.info("Vid4 not found at %s: evaluating the held-out clips only", vid4_dir)
+    return sources
+
+
+def write_frames_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-frame table (``metrics/eval_frames.csv``): dataset, clip, method, frame, psnr, ssim."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["dataset", "clip", "method", "frame", "psnr", "ssim"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def headline(result: dict[str, Any], meta: dict[str, Any], params: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import importlib.metadata
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -221,27 +222,8 @@ def register_model(
     # Read the alias table rather than catching get_model_version_by_alias's error: a server
     # or network failure must stop the stage, not pass for "no champion yet".
     aliases = dict(client.get_registered_model(model_name).aliases or {})
-    champion_version, reference, reference_scores = None, None, None
-    shipped: str | None = None
-    shipped_eval: dict[str, dict[str, float]] = {}
-    if CHAMPION in aliases:
-        champion_version = str(aliases[CHAMPION])
-        reference = f"champion version {champion_version}"
-        if rescore is None:
-            reference_scores = scores_from_tags(client.get_model_version(model_name, champion_version).tags, metric)
-        else:
-            from tanet.infer.pipeline import resolve_model
-
-            champion_dir = resolve_model(f"models:/{model_name}/{champion_version}", root)
-            reference_scores = {ds: v[metric] for ds, v in rescore(champion_dir).items()}
-    elif rescore is not None and (shipped := shipped_reference(meta)) is not None:
-        from tanet.infer.shipped import shipped_dir
-
-        reference = f"shipped {shipped}"
-        shipped_eval = rescore(shipped_dir(shipped))
-        reference_scores = {ds: v[metric] for ds, v in shipped_eval.items()}
-    else:
-        shipped_eval = {}
+    ref = find_reference(client, model_name, aliases, meta, metric, rescore, root)
+    champion_version, reference, reference_scores, shipped = ref.champion_version, ref.label, ref.scores, ref.shipped
     bicubic = scores_from_tags(own, metric, "bicubic")
     wins, reason = champion_decision(scores_from_tags(own, metric), reference_scores, min_gain, bicubic)
     if reference is not None:
@@ -260,7 +242,7 @@ def register_model(
         from tanet.infer.shipped import shipped_dir
 
         earned = {
-            ds: {"tanet": v, "bicubic": eval_result.get(ds, {}).get("bicubic", {})} for ds, v in shipped_eval.items()
+            ds: {"tanet": v, "bicubic": eval_result.get(ds, {}).get("bicubic", {})} for ds, v in ref.figures.items()
         }
         champion_version, _ = log_version(
             shipped_dir(shipped),
@@ -285,6 +267,47 @@ def register_model(
         "tracking_uri": tracking_uri(root),
         "model_uri": f"models:/{model_name}/{version}",
     }
+
+
+@dataclass
+class Reference:
+    """What a candidate is compared with: the champion, a shipped model (fresh store) or nothing."""
+
+    label: str | None = None  # "champion version 3", "shipped tanet-s"
+    scores: dict[str, float] | None = None  # the gate's metric per dataset
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)  # rescored {dataset: {psnr, ssim}}
+    champion_version: str | None = None
+    shipped: str | None = None
+
+
+def find_reference(
+    client: Any,
+    model_name: str,
+    aliases: dict[str, Any],
+    meta: dict[str, Any],
+    metric: str,
+    rescore: Callable[[Path], dict[str, dict[str, float]]] | None,
+    root: Path | None,
+) -> Reference:
+    """The gate's reference, re-evaluated by ``rescore`` when given (else the champion's tagged figures)."""
+    if CHAMPION in aliases:
+        version = str(aliases[CHAMPION])
+        ref = Reference(label=f"champion version {version}", champion_version=version)
+        if rescore is None:
+            ref.scores = scores_from_tags(client.get_model_version(model_name, version).tags, metric)
+        else:
+            from tanet.infer.pipeline import resolve_model
+
+            ref.figures = rescore(resolve_model(f"models:/{model_name}/{version}", root))
+            ref.scores = {ds: v[metric] for ds, v in ref.figures.items()}
+        return ref
+    shipped = shipped_reference(meta) if rescore is not None else None
+    if rescore is None or shipped is None:
+        return Reference()
+    from tanet.infer.shipped import shipped_dir
+
+    figures = rescore(shipped_dir(shipped))
+    return Reference(f"shipped {shipped}", {ds: v[metric] for ds, v in figures.items()}, figures, shipped=shipped)
 
 
 def _beats_bicubic(scores: dict[str, float] | None, bicubic: dict[str, float], min_gain: float) -> bool:

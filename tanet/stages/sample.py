@@ -13,10 +13,11 @@ from tanet.config import Params
 from tanet.data.sources import embedded_clip_path
 from tanet.infer.pipeline import upscale_video
 from tanet.io.atomic import atomic_dir
-from tanet.io.video import VideoWriter, open_video
+from tanet.io.video import open_video
 
 if TYPE_CHECKING:
     from tanet.ops.degrade import DegradationKind
+from tanet.io.writer import VideoWriter
 
 
 def make_lr_sample(source: Path, out_path: Path, scale: int, seconds: float, kind: DegradationKind = "BI") -> int:

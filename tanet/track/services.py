@@ -179,6 +179,8 @@ def serve(
         worker: start a worker for the pool.
         timeout: seconds to wait for each health check.
     """
+    # Long on purpose: four processes started in order with one cleanup path, so a failure at any
+    # step stops what already started.
     state_dir = state_dir or root / ".tanet" / "services"
     running = read_state(state_dir)
     if running is not None and any(pid_alive(pid, group=True) for pid in running.pids.values()):

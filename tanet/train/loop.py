@@ -203,6 +203,9 @@ def run_job(
     Returns:
         The final metrics (``val_psnr``, ...) on rank 0; ``{}`` on other ranks.
     """
+    # Long on purpose: loader position, optimiser, history and checkpoint cadence live in one frame;
+    # their order is what makes a resumed run bit-identical to an uninterrupted one
+    # (tests/test_train.py).
     tracker = tracker or Tracker()
     tracker.set_tags({f"tanet.{k}": v for k, v in (meta or {}).items() if k != "params" and v is not None})
     optim = job.optim
