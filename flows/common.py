@@ -38,6 +38,8 @@ def prefect_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     # tanet's own progress (training steps, quarantined files) in the stage output and the flow run's logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tanet")
+    # Artifact downloads (model folders from the registry) without progress bars in stage logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Results are tanet's own files (DVC outputs); Prefect keeps none of its own.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 
@@ -83,6 +85,8 @@ class TemporaryServer:
         )
         self.url = f"http://127.0.0.1:{port}/api"
         os.environ["PREFECT_API_URL"] = self.url
+        # No "View at http://127.0.0.1:<port>/..." lines: this server is gone when the stage ends.
+        os.environ["PREFECT_UI_URL"] = ""
         atexit.register(self.stop)
 
     def wait(self, timeout: float = 90.0) -> None:

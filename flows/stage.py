@@ -3,7 +3,8 @@
 Every stage's code is ``run_<stage>`` in ``tanet/stages/<stage>.py``; this entry only turns
 the command line into its arguments, runs it as a flow named as the stage (fan-out items as
 tasks of that flow, tracked stages inside one MLflow stage run), and turns a user error
-into one line. Order of work: environment, then the temporary Prefect server (it boots while
+(:class:`tanet.errors.TanetError`) into one line on stderr and a failed flow run with that
+message; ``TANET_DEBUG=1`` shows its traceback instead. Order of work: environment, then the temporary Prefect server (it boots while
 torch and the stage's code are imported), then the flow.
 """
 
@@ -136,8 +137,10 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
     """Runs stage ``name`` as a Prefect flow named as the stage."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
+    from prefect.states import Failed
 
     from tanet.config import load_params
+    from tanet.errors import TanetError
     from tanet.track.tracking import stage_run
 
     spec, fn = STAGES[name], stage_function(name)
@@ -150,7 +153,19 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
         with stage_run(name, params.to_dict(), experiment=params.mlflow.experiment) as tracker:
             return fn(params, **kwargs, **extra, tracker=tracker)
 
+    user_errors: list[TanetError] = []
+
     def body() -> Any:
+        try:
+            return stage_body()
+        except TanetError as err:
+            if os.environ.get("TANET_DEBUG"):
+                raise  # the traceback, in the flow run's log and on stderr
+            # A user error (bad input, bad params) fails the flow run with one line, no traceback.
+            user_errors.append(err)
+            return Failed(message=str(err))
+
+    def stage_body() -> Any:
         if spec.retries:
             delays = [2, 5, 15][: spec.retries]
             retried = task(call, name=f"{name}-stage", retries=spec.retries, retry_delay_seconds=delays)
@@ -169,7 +184,10 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
     if runner is None and name == "pretrain":
         runner = f"threads:{load_params(params_path).pretrain.parallel}"
     stage_flow = flow(body, name=spec.flow_name or name, description=spec.help)
-    return stage_flow.with_options(task_runner=make_task_runner(runner))()
+    state = stage_flow.with_options(task_runner=make_task_runner(runner))(return_state=True)
+    if user_errors:
+        raise user_errors[0]
+    return state.result()
 
 
 def main(argv: list[str] | None = None) -> int:
