@@ -155,6 +155,17 @@ def test_sample_clip_is_upscaled_with_audio(tiny_pipeline: dict[str, object]) ->
     assert (probe(hr).width, probe(hr).height) == (4 * probe(lr).width, 4 * probe(lr).height)
 
 
+def test_dvc_push_goes_to_the_default_local_remote(tiny_pipeline: dict[str, object]) -> None:
+    """A fresh clone's `dvc push` (the hint every run ends with) works: the committed
+    .dvc/config names a folder beside the repo."""
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    remote = repo.parent / "tanet-dvc-remote"
+    run(["dvc", "push"], repo)
+    pushed = [f for f in remote.rglob("*") if f.is_file()]
+    assert pushed, f"nothing pushed to {remote}"
+    assert "in sync" in run(["dvc", "status", "--cloud"], repo).stdout
+
+
 def test_mlflow_has_a_parent_run_with_nested_stage_runs(tiny_pipeline: dict[str, object]) -> None:
     repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
     code = (

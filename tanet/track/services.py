@@ -4,8 +4,8 @@
 
 1. a Prefect server (SQLite under the project's ``PREFECT_HOME``),
 2. an MLflow tracking server over the repo's own store (``mlflow.db`` + ``mlartifacts/``, the
-   one a plain ``dvc repro`` writes; one worker, job execution off,
-   artifacts proxied so remote clients can log),
+   one a plain ``dvc repro`` writes; one worker, job execution off, artifacts as plain
+   files under ``mlartifacts/`` that every local client reads and writes),
 3. the ``tanet`` work pool (type ``process``) and the deployments of ``prefect.yaml``,
 4. a worker for the pool, whose flow runs see ``PREFECT_API_URL`` and
    ``MLFLOW_TRACKING_URI``,
@@ -216,8 +216,12 @@ def serve(
                 # The repo's one store: the same mlflow.db and mlartifacts/ that a plain
                 # `dvc repro` (no MLFLOW_TRACKING_URI) writes, so both see one @champion.
                 f"sqlite:///{(root / 'mlflow.db').resolve()}",
-                "--artifacts-destination",
-                str((root / "mlartifacts").resolve()),
+                # Artifacts as plain files under the repo (not proxied mlflow-artifacts:/ URIs,
+                # which a client of the SQLite store could not read): the server listens on
+                # 127.0.0.1 only, so every client shares this file system.
+                "--default-artifact-root",
+                (root / "mlartifacts").resolve().as_uri(),
+                "--no-serve-artifacts",
             ],
             logs / "mlflow-server.log",
             env,
