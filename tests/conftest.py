@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_factory import make_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 # Telemetry off everywhere (MLflow only honours the string "true").
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -32,36 +32,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def make_model_dir(path: Path, alignment: str = "none", seed: int = 0, scale: int = 4) -> Path:
-    """Writes a small joint model folder (random weights) as training would."""
-    import torch
-
-    from tanet.config import OptimParams
-    from tanet.io.model_files import write_model_dir
-    from tanet.models import VSRNet, tanet_s
-    from tanet.train.job import Job
-
-    torch.manual_seed(seed)
-    cfg = tanet_s(scale=scale, alignment=alignment, align_block=16)
-    net = VSRNet(cfg)
-    job = Job("joint", 0, cfg, OptimParams(steps=1))
-    write_model_dir(
-        path,
-        net,
-        job,
-        {
-            "scale": scale,
-            "degradation": "BI",
-            "val_psnr": 20.0,
-            "val_psnr_bicubic": 19.0,
-            "licences": ["test"],
-            "patches_sha256": "0" * 64,
-        },
-        [],
-    )
-    return path
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tanet.io.probe import ffmpeg_exe
 
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the repo: real data, when present
+
 SIZE = (64, 48)  # (width, height) of the default clips
 FRAMES = 12  # frames of the default clips
 X264 = ("-c:v", "libx264", "-preset", "ultrafast")  # fast enough to keep the tests quick

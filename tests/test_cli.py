@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED
+from media_factory import SHARED
 
 from tanet.io.frames import list_frames, read_rgb
 

@@ -220,3 +220,5 @@ def test_inference_aligns_with_the_flow_the_model_was_trained_with() -> None:
         assert (up.flow_method, up.flow_preset) == (method, "fast")
         outs[method] = [r.rgb for r in up.upscale_frames(frames)]
     assert len(outs["dis"]) == len(outs["farneback"]) == 5
+    # The recorded method is the one used: the two flows give other shifts, so other frames.
+    assert any(not np.array_equal(a, b) for a, b in zip(outs["dis"], outs["farneback"]))

@@ -377,7 +377,7 @@ def test_unknown_embedded_clip_is_a_config_error() -> None:
 
 
 def test_shared_train_sources_are_found_with_their_licences() -> None:
-    from conftest import SHARED
+    from media_factory import SHARED
 
     from tanet.config import params_from_dict, preset_params
     from tanet.data.sources import discover_sources

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
+from tanet.config import model_config_from_dict
 from tanet.models import (
     BranchConfig,
     ModelConfig,
@@ -160,5 +159,5 @@ def test_model_config_round_trips_through_dict() -> None:
     cfg = tanet_l(scale=3, alignment="san")
     data = cfg.to_dict()
     assert data["branch"]["kind"] == "residual" and data["scale"] == 3
-    assert dataclasses.replace(cfg) == cfg
+    assert model_config_from_dict(data) == cfg and model_config_from_dict(data) != tanet_l(scale=3)
     assert isinstance(ModelConfig().to_dict()["branch"]["widths"], list)

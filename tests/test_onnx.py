@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_model_dir
+from model_factory import make_model_dir
 
 from tanet.infer.onnx import export_onnx
 

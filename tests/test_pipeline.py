@@ -227,7 +227,7 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
 
 
 def test_metrics_show_prints_the_vid4_table_when_shared_is_there(tiny_pipeline: dict[str, object]) -> None:
-    from conftest import SHARED
+    from media_factory import SHARED
 
     if not (SHARED / "data/vid4/GT").is_dir():
         pytest.skip("../shared/data/vid4 is not beside the repo")

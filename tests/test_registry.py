@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_model_dir
+from model_factory import make_model_dir
 
 from tanet.stages.register import champion_decision, register_model, scores_from_tags
 

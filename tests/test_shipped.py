@@ -11,7 +11,8 @@ from pathlib import Path
 
 import media_factory as mf
 import pytest
-from conftest import SHARED, make_model_dir
+from media_factory import SHARED
+from model_factory import make_model_dir
 
 from tanet.errors import TanetError
 from tanet.infer.shipped import CARD, SHIPPED_NAMES, available, crop_psnr, read_card, shipped_dir, weights_sha256

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import media_factory as mf
 import pytest
-from conftest import make_model_dir
+from model_factory import make_model_dir
 
 from tanet.io.frames import list_frames
 from tanet.io.probe import count_frames, probe

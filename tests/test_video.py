@@ -499,7 +499,7 @@ def test_lanczos_on_vid4_bi_x4_gives_the_figure_a_video_engineer_gets() -> None:
     """23.96 dB (Y-PSNR, all frames, crop 0, mean of the four clips): ffmpeg's lanczos on our
     BI x4 LR, measured independently when the baseline was asked for; bicubic is 23.78."""
     import torch
-    from conftest import SHARED
+    from media_factory import SHARED
 
     from tanet.io.frames import list_frames, read_rgb
     from tanet.io.video import lanczos_upscale
