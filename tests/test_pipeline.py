@@ -247,3 +247,38 @@ def test_metrics_show_prints_the_vid4_table_when_shared_is_there(tiny_pipeline: 
     ev = json.loads((repo / "metrics/eval.json").read_text())
     assert {"vid4_BIx4", "vid4ref_BIx4", "heldout_BIx4"} <= set(ev)
     assert 20 < ev["vid4_BIx4"]["bicubic"]["psnr"] < 30
+
+
+def test_dvc_exp_run_varies_a_param_and_exp_show_lists_it(tiny_pipeline: dict[str, object]) -> None:
+    """`dvc exp run --temp -S train.steps=2 -S register.promote=never` on the finished tiny
+    repo (a temporary copy: the workspace is untouched), then `dvc exp show`: the experiment's
+    row has the changed param and its own headline metrics."""
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    params_before = (repo / "params.yaml").read_text()
+    run(["dvc", "exp", "run", "--temp", "-n", "steps2", "-S", "train.steps=2", "-S", "register.promote=never"], repo)
+    assert (repo / "params.yaml").read_text() == params_before
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or []) for e in e.get("revs", [])]
+    mine = [e for e in exps if e.get("name") == "steps2"]
+    assert mine, shown
+    data = mine[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["steps"] == 2
+    assert data["params"]["params.yaml"]["data"]["register"]["promote"] == "never"
+    assert "metrics/summary.json" in data["metrics"]
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_dvc_exp_run_set_round_trips_a_presets_params(preset: str, tmp_path: Path) -> None:
+    """DVC's own `-S` (YAML 1.2 rewrite of params.yaml) on a one-stage repo that only loads them."""
+    from tanet.config import dump_params, preset_params
+
+    (tmp_path / "params.yaml").write_text(dump_params(preset_params(preset)))
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  load:\n    cmd: python -c \"from tanet.config import load_params; p = load_params('params.yaml');"
+        ' print(p.train.lr, p.evaluate.vid4)" > loaded.txt\n    params: [train, evaluate]\n    outs: [loaded.txt]\n'
+    )
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
+        run(cmd, tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], tmp_path)
+    run(["dvc", "exp", "run", "-S", "train.lr=1e-4", "-S", "evaluate.vid4=off"], tmp_path)
+    assert (tmp_path / "loaded.txt").read_text().split() == ["0.0001", "off"]
