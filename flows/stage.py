@@ -94,9 +94,14 @@ STAGES: dict[str, Stage] = {
 }
 
 
+def stage_module(name: str) -> Any:
+    """``tanet.stages.<name>``, the stage's code."""
+    return importlib.import_module(f"tanet.stages.{name}")
+
+
 def stage_function(name: str) -> Callable[..., Any]:
     """``run_<name>`` of ``tanet.stages.<name>``."""
-    return getattr(importlib.import_module(f"tanet.stages.{name}"), f"run_{name}")
+    return getattr(stage_module(name), f"run_{name}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -143,7 +148,8 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
     from tanet.errors import TanetError
     from tanet.track.tracking import stage_run
 
-    spec, fn = STAGES[name], stage_function(name)
+    spec, module = STAGES[name], stage_module(name)
+    fn = getattr(module, f"run_{name}")
 
     def call() -> Any:
         params = load_params(params_path)
@@ -172,7 +178,6 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
             result = retried.with_options(cache_policy=NO_CACHE, persist_result=False)()
         else:
             result = call()
-        module = importlib.import_module(f"tanet.stages.{name}")
         report = getattr(module, "markdown_report", None)
         if report is not None:  # a table for the flow run's artifacts tab (the evaluate stage's)
             from prefect.artifacts import create_markdown_artifact

@@ -10,13 +10,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tanet.config import Params
 from tanet.errors import TanetError
 from tanet.infer.evaluation import (
     EvalClip,
+    clip_means,
     heldout_clips,
     run_methods,
     save_figures,
@@ -104,13 +104,7 @@ def run_evaluate(
                     per_clip.setdefault(clip.dataset, {}).setdefault(method, []).append(vals)
                 all_rows += [{"dataset": clip.dataset, "clip": clip.clip_id, **r} for r in rows]
                 save_figures(plots_tmp, clip.dataset, clip.clip_id, outputs, clip.gt, weights, rows)
-    result = {
-        dataset: {
-            method: {k: round(float(np.mean([v[k] for v in clips])), 4) for k in clips[0]}
-            for method, clips in methods.items()
-        }
-        for dataset, methods in per_clip.items()
-    }
+    result = {dataset: {m: clip_means(clips) for m, clips in methods.items()} for dataset, methods in per_clip.items()}
     atomic_write_json(metrics_path, result)
     if summary_path is not None:
         atomic_write_json(summary_path, headline(result, meta, count_parameters(joint)))

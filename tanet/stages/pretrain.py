@@ -81,6 +81,7 @@ def shipped_branches(
     mean the same in both schedules.
     """
     device = resolve_device("auto")
+    common = {**model_meta(params, dirs.patches), "init": name, "steps": 0}
     results = {}
     for i in range(1, params.model.num_branches + 1):
         job = branch_job(params, i)
@@ -88,8 +89,7 @@ def shipped_branches(
         model = BranchModel(params.model, i)
         model.load_state_dict({"branch." + k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
         metrics = validate(job, model.to(device), val, device)
-        meta = {**model_meta(params, dirs.patches), "init": name, "steps": 0, **metrics}
-        write_model_dir(out / job.name, model.cpu(), job, meta, [{"step": 0, **metrics}])
+        write_model_dir(out / job.name, model.cpu(), job, {**common, **metrics}, [{"step": 0, **metrics}])
         results[job.name] = metrics
     return results
 
@@ -161,11 +161,7 @@ def run_pretrain(
     val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
     shipped = shipped_init(params)
     if shipped is not None:  # fine-tuning a shipped network: nothing to pretrain
-        done = shipped_branches(params, shipped[0], shipped[1], dirs, out, val)
-        summary = {k: {"val_psnr": round(v["val_psnr"], 4)} for k, v in done.items()}
-        tracker.log_metrics({f"{k}.val_psnr": v["val_psnr"] for k, v in summary.items()})
-        atomic_write_json(metrics, summary)
-        return {k: v["val_psnr"] for k, v in summary.items()}
+        return _report(shipped_branches(params, shipped[0], shipped[1], dirs, out, val), tracker, metrics)
     device = resolve_device("auto")
     if device.type == "cpu" and params.pretrain.parallel > 1:
         # Branches on parallel threads share the cores instead of each taking all of them.
@@ -189,11 +185,15 @@ def run_pretrain(
         results += mapper(one, wave, [f"branch_{i}" for i in wave]) if wave else []
         if any(isinstance(r, BaseException) for r in results):
             break
-    summary = {}
     for i, res in zip(branches, results):  # a failed first wave leaves the rest unrun
         if isinstance(res, BaseException):
             raise TanetError(f"pretrain: branch {i} failed: {res}") from res
-        summary[f"branch_{i}"] = {"val_psnr": round(res["val_psnr"], 4)}
+    return _report({f"branch_{i}": res for i, res in zip(branches, results)}, tracker, metrics)
+
+
+def _report(results: dict[str, dict[str, Any]], tracker: Tracker, metrics: Path) -> dict[str, float]:
+    """``pretrain.json`` (each branch's validation PSNR, 4 decimals), logged and written; returns it flat."""
+    summary = {k: {"val_psnr": round(v["val_psnr"], 4)} for k, v in results.items()}
     tracker.log_metrics({f"{k}.val_psnr": v["val_psnr"] for k, v in summary.items()})
     atomic_write_json(metrics, summary)
     return {k: v["val_psnr"] for k, v in summary.items()}

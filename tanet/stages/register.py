@@ -8,10 +8,13 @@ registered as ``register.model_name`` (``tanet``) and gets the alias ``candidate
 Champion rule (the gate): only the candidate's validation clips count (``heldout_*``
 datasets; never Vid4, the test set). The candidate must beat bicubic there by more than
 ``register.min_gain``: a model worse than bicubic never becomes champion, even on a fresh
-store. It then takes the ``champion`` alias when there is no champion yet, or when its
-``register.metric`` beats the champion's by more than ``register.min_gain`` on the same
-validation dataset (names carry degradation and scale, ``heldout_BIx4``, so only like is
-compared with like; with none in common the champion stays).
+store. It must then beat the reference by as much on the same validation dataset (names
+carry degradation and scale, ``heldout_BIx4``, so only like is compared with like): the
+current champion, or on a fresh store the shipped model of the same scale and degradation,
+both re-evaluated on the candidate's validation clips by the stage (:func:`run_register`).
+On a fresh store the better of the two becomes champion: a shipped model that wins is
+registered as a version of its own. ``tanet register`` (no clips at hand) compares with
+the champion's tagged figures instead.
 
 Version tags: git commit, the hash of the training shards, scale, degradation, alignment,
 the licences of the training data, the flattened params, and every evaluation score
@@ -223,20 +226,16 @@ def register_model(
     # or network failure must stop the stage, not pass for "no champion yet".
     aliases = dict(client.get_registered_model(model_name).aliases or {})
     ref = find_reference(client, model_name, aliases, meta, metric, rescore, root)
-    champion_version, reference, reference_scores, shipped = ref.champion_version, ref.label, ref.scores, ref.shipped
+    champion_version, shipped = ref.champion_version, ref.shipped
     bicubic = scores_from_tags(own, metric, "bicubic")
-    wins, reason = champion_decision(scores_from_tags(own, metric), reference_scores, min_gain, bicubic)
-    if reference is not None:
-        reason = (
-            f"{reason} (reference: {reference}, re-evaluated on this candidate's validation clips)"
-            if rescore
-            else reason
-        )
+    wins, reason = champion_decision(scores_from_tags(own, metric), ref.scores, min_gain, bicubic)
+    if ref.label is not None and rescore is not None:
+        reason += f" (reference: {ref.label}, re-evaluated on this candidate's validation clips)"
     promoted = wins and promote == "auto"
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         champion_version = version
-    elif shipped is not None and promote == "auto" and _beats_bicubic(reference_scores, bicubic, min_gain):
+    elif shipped is not None and promote == "auto" and champion_decision(ref.scores or {}, None, min_gain, bicubic)[0]:
         # A fresh store keeps the better of the two as @champion: the shipped model, registered
         # as a version with the figures it just earned on these validation clips.
         from tanet.infer.shipped import shipped_dir
@@ -263,7 +262,7 @@ def register_model(
         "aliases": [CANDIDATE] + ([CHAMPION] if promoted else []),
         "champion_version": champion_version,
         "decision": reason,
-        "reference": reference,
+        "reference": ref.label,
         "tracking_uri": tracking_uri(root),
         "model_uri": f"models:/{model_name}/{version}",
     }
@@ -308,12 +307,6 @@ def find_reference(
 
     figures = rescore(shipped_dir(shipped))
     return Reference(f"shipped {shipped}", {ds: v[metric] for ds, v in figures.items()}, figures, shipped=shipped)
-
-
-def _beats_bicubic(scores: dict[str, float] | None, bicubic: dict[str, float], min_gain: float) -> bool:
-    """Whether a reference's validation score beats bicubic's by ``min_gain`` (the gate's floor)."""
-    val = sorted(d for d in (scores or {}) if d.startswith(VALIDATION_PREFIX) and d in bicubic)
-    return bool(val) and scores is not None and scores[val[0]] > bicubic[val[0]] + min_gain
 
 
 def write_registration(path: Path, record: dict[str, Any]) -> None:
