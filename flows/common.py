@@ -27,6 +27,8 @@ from tanet.stages.parallel import R, T
 from tanet.track.services import TELEMETRY_OFF, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
+# The pipeline tag (``pipeline:<flow run name>``) a deployment flow hands to its stage flow runs.
+PIPELINE_TAG_ENV = "TANET_PIPELINE"
 
 
 def prefect_env() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.common import ROOT, make_task_runner, prefect_mapper, stage_environment
+from flows.common import PIPELINE_TAG_ENV, ROOT, make_task_runner, prefect_mapper, stage_environment
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,14 @@ STAGES: dict[str, Stage] = {
         fan_out="patches-clip",
     ),
     "pretrain": Stage(
-        {**{f: f for f in DATA}, "--out": "out", "--metrics": "metrics"},
+        {**{f: f for f in DATA}, "--out": "out", "--metrics": "metrics", "--plots": "plots"},
         "each SR branch alone with loss (1)",
         fan_out="pretrain-branch",
         tracked=True,
         optional={"--checkpoints": ".tanet/checkpoints/pretrain"},
     ),
     "train": Stage(
-        {**{f: f for f in DATA}, "--pretrain": "pretrain", "--out": "out", "--metrics": "metrics"},
+        {**{f: f for f in DATA}, "--pretrain": "pretrain", "--out": "out", "--metrics": "metrics", "--plots": "plots"},
         "the temporal adaptive network from the pretrained branches, loss (2)",
         tracked=True,
         optional={"--checkpoints": ".tanet/checkpoints/train"},
@@ -80,6 +80,7 @@ STAGES: dict[str, Stage] = {
             "--frames": "frames_csv",
             "--plots": "plots_dir",
             "--summary": "summary_path",
+            "--frame-plots": "frame_plots",
         },
         "held-out clips and Vid4: bicubic, lanczos, tanet, every branch",
         tracked=True,
@@ -138,9 +139,30 @@ def stage_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def stage_tags(root: Path) -> list[str]:
+    """Tags of a stage's flow run: ``tanet-stage`` and the pipeline it belongs to.
+
+    ``pipeline:<flow run name>`` when a deployment flow started the ``dvc repro``
+    (``TANET_PIPELINE``, set by :mod:`flows.train_tanet`, which tags itself the same way);
+    under a plain ``dvc repro``, ``pipeline:repro-<token>`` from the pipeline token that the
+    ``sources`` stage writes; none when the stage runs on its own.
+    """
+    from tanet.track.tracking import pipeline_token
+
+    tags = ["tanet-stage"]
+    label = os.environ.get(PIPELINE_TAG_ENV)
+    if label:
+        tags.append(label)
+    else:
+        token = pipeline_token(root)
+        if token:
+            tags.append(f"pipeline:repro-{token[:12]}")
+    return tags
+
+
 def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_runner: str | None) -> Any:
     """Runs stage ``name`` as a Prefect flow named as the stage."""
-    from prefect import flow, task
+    from prefect import flow, tags, task
     from prefect.cache_policies import NO_CACHE
     from prefect.states import Failed
 
@@ -178,7 +200,7 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
             result = retried.with_options(cache_policy=NO_CACHE, persist_result=False)()
         else:
             result = call()
-        report = getattr(module, "markdown_report", None)
+        report = getattr(module, "markdown_report", None) if hasattr(module, "REPORT_KEY") else None
         if report is not None:  # a table for the flow run's artifacts tab (the evaluate stage's)
             from prefect.artifacts import create_markdown_artifact
 
@@ -189,7 +211,8 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
     if runner is None and name == "pretrain":
         runner = f"threads:{load_params(params_path).pretrain.parallel}"
     stage_flow = flow(body, name=spec.flow_name or name, description=spec.help)
-    state = stage_flow.with_options(task_runner=make_task_runner(runner))(return_state=True)
+    with tags(*stage_tags(ROOT)):
+        state = stage_flow.with_options(task_runner=make_task_runner(runner))(return_state=True)
     if user_errors:
         raise user_errors[0]
     return state.result()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,48 +51,57 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One run of the tiny preset, shared by the session's tests, the way a team runs it:
+    """One run of the tiny preset, shared by the session's tests, the way a team runs it with
+    plain Prefect (no ``tanet serve``): a Prefect server and an MLflow server started by hand,
+    ``prefect work-pool create tanet --type process``, ``prefect deploy --all`` from the repo
+    root, ``prefect worker start --pool tanet``, then
+    ``prefect deployment run train-tanet/train-tanet --param preset=tiny``, whose flow runs
+    ``dvc repro`` with both servers passed on.
 
-    `tanet serve` (real Prefect and MLflow servers on free ports, the `tanet` process work
-    pool, the deployments of prefect.yaml, a worker), then
-    `prefect deployment run train-tanet/train-tanet --param preset=tiny --watch`, whose flow
-    runs `dvc repro` with both servers passed on. `tanet stop` at the end of the session.
+    Two more runs are started while it runs, to show one workspace runs one pipeline at a
+    time: a second ``train-tanet`` (queued by the deployment's concurrency limit until the
+    first ends; same params, so its ``dvc repro`` has nothing to do) and an ``ingest-videos``
+    run adding a source (another deployment: refused by the workspace lock before it touches
+    params.yaml). The servers stop at the end of the session.
     """
-    from pipeline_repo import make_repo, run, tool_env
+    from pipeline_repo import HandStarted, make_repo
 
-    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", "tiny")
+    base = tmp_path_factory.mktemp("pipeline")
+    repo = make_repo(base / "repo", "tiny")
+    services = HandStarted(repo, base / "services")
     t0 = time.perf_counter()
-    served = run(
-        [sys.executable, "-m", "tanet.cli", "serve", "--prefect-port", "0", "--mlflow-port", "0"], repo, tool_env()
-    )
-    serve_seconds = time.perf_counter() - t0
-    env = dict(
-        line.removeprefix("export ").split("=", 1) for line in served.stdout.splitlines() if line.startswith("export ")
-    )
     try:
+        services.start()
+        serve_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = run(
-            [
-                "prefect",
-                "deployment",
-                "run",
-                "train-tanet/train-tanet",
-                "--param",
-                "preset=tiny",
-                "--watch",
-                "--watch-timeout",
-                "2400",
-            ],
-            repo,
-            tool_env(env),
-            timeout=2700,
-        )
+        first = services.submit("train-tanet/train-tanet", "preset=tiny")
+        services.flow_runs([first], until="started", timeout=600)
+        second = services.submit("train-tanet/train-tanet", "preset=tiny")
+        refused = services.submit("ingest-videos/ingest-videos", 'sources=["/nowhere/extra-clip.mp4"]')
+        params_while_running = (repo / "params.yaml").read_text()
+        runs = services.flow_runs([first, second, refused])
+        run_seconds = time.perf_counter() - t0
+        assert runs[0]["state"] == "Completed", (runs, (services.logs / "prefect-worker.log").read_text()[-6000:])
         yield {
             "repo": repo,
-            "env": env,
-            "log": res.stdout + res.stderr,
+            "env": services.env,
+            "log": (services.logs / "prefect-worker.log").read_text(),
+            "runs": {"first": runs[0], "second": runs[1], "refused": runs[2]},
+            "params_while_running": params_while_running,
+            "params_after": (repo / "params.yaml").read_text(),
             "serve_seconds": serve_seconds,
-            "run_seconds": time.perf_counter() - t0,
+            "run_seconds": run_seconds,
         }
     finally:
-        run([sys.executable, "-m", "tanet.cli", "stop"], repo, tool_env())
+        services.stop()
+
+
+@pytest.fixture
+def pipeline_copy(tiny_pipeline: dict[str, Any], tmp_path: Path) -> Path:
+    """A copy of the finished tiny pipeline repo (git, DVC cache, data, ``mlflow.db``,
+    ``mlartifacts/``) for a test that edits params or re-runs stages, so the suite's repo stays
+    as the deployment left it whatever order the tests run in. New MLflow runs of the copy
+    keep their artifacts beside the original's (the experiment's artifact location is a path)."""
+    dest = tmp_path / "repo"
+    shutil.copytree(Path(tiny_pipeline["repo"]), dest, symlinks=True, ignore=shutil.ignore_patterns(".prefect"))
+    return dest

@@ -14,12 +14,13 @@ to write them into ``dvc.yaml`` (``--write``; data deps and everything else stay
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 from pathlib import Path
 
 import yaml
+
+from tanet.io.imports import import_closure, imports_of
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = {"tanet/errors.py", "tanet/io/atomic.py", "tanet/stages/parallel.py"}
@@ -30,39 +31,9 @@ ENTRY = {
 }
 
 
-def module_file(module: str) -> str | None:
-    """The repo file of a ``tanet`` module (``tanet.io.video`` -> ``tanet/io/video.py``), if any."""
-    base = ROOT / module.replace(".", "/")
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path.relative_to(ROOT).as_posix()
-    return None
-
-
-def imports_of(path: str) -> set[str]:
-    """Files of the ``tanet`` modules that ``path`` imports (``from tanet.x import y`` may name a module y)."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse((ROOT / path).read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if name.split(".")[0] == "tanet" and (f := module_file(name)) is not None:
-                out.add(f)
-    return out
-
-
 def code_deps(stage: str) -> list[str]:
     """The code deps of a stage: the closure of its entry files' imports, minus ``HELPERS``."""
-    seen = set(ENTRY[stage]) | {"tanet/config.py"}
-    todo = [f for f in seen if f.startswith("tanet/")]
-    while todo:
-        for dep in imports_of(todo.pop()) - seen:
-            seen.add(dep)
-            todo.append(dep)
-    return sorted(seen - HELPERS)
+    return sorted(import_closure([*ENTRY[stage], "tanet/config.py"], ROOT) - HELPERS)
 
 
 def declared(stage: str) -> list[str]:

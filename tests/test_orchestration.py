@@ -38,22 +38,56 @@ def test_deployment_registers_a_new_version_on_the_mlflow_server(tiny_pipeline: 
     assert out == {"run": True, "scale": "4", "uri": env["MLFLOW_TRACKING_URI"]}
 
 
-def test_every_stage_is_a_flow_run_on_the_prefect_server(tiny_pipeline: dict[str, object]) -> None:
+def test_every_stage_is_a_flow_run_tagged_with_its_pipeline(tiny_pipeline: dict[str, object]) -> None:
+    """Each stage of the deployment's `dvc repro` is a flow run on the team's server, tagged
+    `pipeline:<name of the train-tanet run>` like that run itself, so the UI groups them."""
     env: dict[str, str] = tiny_pipeline["env"]  # type: ignore[assignment]
+    first = tiny_pipeline["runs"]["first"]  # type: ignore[index]
     code = (
         "import json\n"
         "from prefect.client.orchestration import get_client\n"
         "with get_client(sync_client=True) as c:\n"
         "    flows = {f.id: f.name for f in c.read_flows()}\n"
-        "    runs = [(flows[r.flow_id], r.state_name) for r in c.read_flow_runs()]\n"
+        "    runs = [(flows[r.flow_id], r.state_name, r.tags) for r in c.read_flow_runs()]\n"
         "    arts = [a.key for a in c.read_artifacts()]\n"
         "print(json.dumps({'runs': runs, 'artifacts': arts}))\n"
     )
     out = json.loads(_py(code, Path(tiny_pipeline["repo"]), env))  # type: ignore[arg-type]
-    runs = {name: state for name, state in out["runs"]}
-    assert STAGE_FLOWS | {"train-tanet"} <= set(runs)
-    assert all(state == "Completed" for state in runs.values()), runs
+    tag = f"pipeline:{first['name']}"
+    assert tag in first["tags"]
+    mine = {name: state for name, state, tags in out["runs"] if tag in tags}
+    assert set(mine) == STAGE_FLOWS | {"train-tanet"}, mine
+    assert all(state == "Completed" for state in mine.values()), mine
+    assert all("tanet-stage" in tags for name, _, tags in out["runs"] if name in STAGE_FLOWS)
     assert "tanet-training-run" in out["artifacts"] and "evaluation" in out["artifacts"]
+
+
+def test_one_workspace_runs_one_pipeline_at_a_time(tiny_pipeline: dict[str, object]) -> None:
+    """Deployed with plain `prefect deploy --all` and a worker started by hand: a second
+    train-tanet run waits for the first (the deployment's concurrency limit); an ingest-videos
+    run started meanwhile fails at once, naming the run that holds the workspace, and leaves
+    params.yaml as it was."""
+    runs: dict[str, dict[str, object]] = tiny_pipeline["runs"]  # type: ignore[assignment]
+    first, second, refused = runs["first"], runs["second"], runs["refused"]
+    assert first["state"] == second["state"] == "Completed", runs
+    assert second["start"] >= first["end"], "the second train-tanet run overlapped the first"  # type: ignore[operator]
+    assert refused["flow"] == "ingest-videos" and refused["state"] == "Failed", refused
+    assert "is busy" in str(refused["message"]) and str(first["name"]) in str(refused["message"]), refused
+    assert refused["end"] < first["end"]  # type: ignore[operator]
+    assert tiny_pipeline["params_after"] == tiny_pipeline["params_while_running"]
+    assert "extra-clip" not in str(tiny_pipeline["params_after"])
+    # Each deployment runs in the checkout it was deployed from (no template left to resolve).
+    code = (
+        "import json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    print(json.dumps([c.read_deployment_by_name(n).pull_steps for n in\n"
+        "        ('train-tanet/train-tanet', 'ingest-videos/ingest-videos', 'evaluate-model/evaluate-model')]))\n"
+    )
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    steps = json.loads(_py(code, repo, tiny_pipeline["env"]))  # type: ignore[arg-type]
+    where = {"prefect.deployments.steps.set_working_directory": {"directory": str(repo.resolve())}}
+    assert steps == [[where]] * 3, steps
 
 
 def _taken_port() -> socket.socket:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from pipeline_repo import run, tool_env
 
 from tanet.io.probe import count_frames, probe
@@ -33,7 +34,7 @@ def _py(code: str, repo: Path, env: dict[str, str] | None = None) -> str:
 
 def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline: dict[str, object]) -> None:
     repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
-    assert "Completed" in str(tiny_pipeline["log"])
+    assert tiny_pipeline["runs"]["first"]["state"] == "Completed"  # type: ignore[index]
     assert (repo / "data/clips/manifest.parquet").is_file()
     assert json.loads((repo / "data/clips/quarantine.json").read_text()) == []
     assert json.loads((repo / "data/patches/manifest.json").read_text())["rows"] > 0
@@ -155,6 +156,24 @@ def test_sample_clip_is_upscaled_with_audio(tiny_pipeline: dict[str, object]) ->
     assert (probe(hr).width, probe(hr).height) == (4 * probe(lr).width, 4 * probe(lr).height)
 
 
+def test_curves_and_per_frame_psnr_are_dvc_data_plots_that_render_offline(
+    tiny_pipeline: dict[str, object], tmp_path: Path
+) -> None:
+    """`dvc plots show` draws the training curves and per-frame PSNR from CSV data (so
+    `dvc plots diff` overlays experiments) on a page that loads no script from the network."""
+    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    frames = sorted((repo / "plots/frames").glob("*.csv"))
+    header = frames[0].read_text().splitlines()[0].split(",") if frames else []
+    assert header[:4] == ["frame", "bicubic", "lanczos", "tanet"] and "branch_1" in header, header
+    assert (repo / "plots/train/joint_loss.csv").read_text().startswith("step,loss\n")
+    assert (repo / "plots/pretrain/branch_3_val_psnr.csv").is_file()
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert any(k.startswith("plots/frames/") for k in shown) and "plots/train/joint_loss.csv" in shown, list(shown)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "page")], repo)
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "vegaEmbed" in page and "<script src=" not in page and "cdn.jsdelivr" not in page
+
+
 def test_dvc_push_goes_to_the_default_local_remote(tiny_pipeline: dict[str, object]) -> None:
     """A fresh clone's `dvc push` (the hint every run ends with) works: the committed
     .dvc/config names a folder beside the repo."""
@@ -187,8 +206,8 @@ def test_mlflow_has_a_parent_run_with_nested_stage_runs(tiny_pipeline: dict[str,
     assert {"loss", "val_psnr", "val_psnr_bicubic"} <= set(by_name["train"]["metrics"])
 
 
-def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipeline: dict[str, object]) -> None:
-    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+def test_changing_a_patches_param_reruns_only_patches_and_what_follows(pipeline_copy: Path) -> None:
+    repo = pipeline_copy
     from tanet.config import dump_params, load_params, set_key
 
     data = set_key(load_params(repo / "params.yaml").to_dict(), "patches.seed", 7)
@@ -196,15 +215,15 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     count = "import mlflow; print(len(mlflow.MlflowClient().search_model_versions(\"name='tanet'\")))"
     before = int(_py(count, repo, store))
-    assert before >= 1  # the deployment's run (through `tanet serve`) registered into this same store
+    assert before >= 1  # the deployment's run (on the MLflow server over this store) registered here
     started_ms = int(time.time() * 1000)
     res = run(["dvc", "repro"], repo)
     assert _ran(res.stdout) == ["sources", "patches", "pretrain", "train", "evaluate", "register", "sample"]
     for stage in ("ingest", "degrade", "flow"):
         assert f"Stage '{stage}' didn't change, skipping" in res.stdout
     # Plain `dvc repro` without MLFLOW_TRACKING_URI registers in the repo's embedded store, the
-    # one `tanet serve` runs its MLflow server on: one registry per repo (this assertion was
-    # version "1" while `tanet serve` kept a store of its own under .tanet/services).
+    # one an MLflow server of the repo (`tanet serve`'s, or the fixture's) serves: one registry
+    # per repo (this assertion was version "1" while `tanet serve` kept a store of its own).
     record = json.loads((repo / "metrics/register.json").read_text())
     assert record["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}" and record["version"] == str(before + 1)
     assert record["reference"].startswith("champion version")  # the deployment's run left a champion
@@ -224,14 +243,29 @@ def test_changing_a_patches_param_reruns_only_patches_and_what_follows(tiny_pipe
     by_name = {r["name"]: r for r in runs}
     for stage in ("pretrain", "train", "evaluate", "register"):
         assert by_name[stage]["parent"] == parents[0]["id"], stage
+    # Lineage: the new version is the train run's model; that run's training dataset is the
+    # shards, by the hash dvc.lock records for data/patches.
+    code = (
+        "import json, mlflow\n"
+        f"v = mlflow.MlflowClient().get_model_version('tanet', '{record['version']}')\n"
+        "r = mlflow.MlflowClient().get_run(v.run_id)\n"
+        "print(json.dumps([v.run_id, [(d.dataset.name, d.dataset.digest) for d in r.inputs.dataset_inputs],"
+        " sorted(r.data.metrics), v.description.splitlines()[0]]))\n"
+    )
+    run_id, inputs, metrics, title = json.loads(_py(code, repo, store))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["deps"]
+    patches_md5 = next(d["md5"] for d in lock if d["path"] == "data/patches")  # "<md5>.dir"
+    assert run_id == by_name["train"]["id"]
+    assert inputs == [["patches", patches_md5]]
+    assert {"loss", "val_psnr"} <= set(metrics) and title == f"# tanet version {record['version']}"
 
 
-def test_metrics_show_prints_the_vid4_table_when_shared_is_there(tiny_pipeline: dict[str, object]) -> None:
+def test_metrics_show_prints_the_vid4_table_when_shared_is_there(pipeline_copy: Path) -> None:
     from media_factory import SHARED
 
     if not (SHARED / "data/vid4/GT").is_dir():
         pytest.skip("../shared/data/vid4 is not beside the repo")
-    repo = Path(tiny_pipeline["repo"])  # type: ignore[arg-type]
+    repo = pipeline_copy
     from tanet.config import dump_params, load_params, set_key
 
     data = load_params(repo / "params.yaml").to_dict()
@@ -265,6 +299,20 @@ def test_dvc_exp_run_varies_a_param_and_exp_show_lists_it(tiny_pipeline: dict[st
     assert data["params"]["params.yaml"]["data"]["train"]["steps"] == 2
     assert data["params"]["params.yaml"]["data"]["register"]["promote"] == "never"
     assert "metrics/summary.json" in data["metrics"]
+    # The temporary copy registered into the workspace's one store (DVC_ROOT), tagged with the
+    # experiment's name and baseline, without moving @champion (register.promote=never).
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    code = (
+        "import json, mlflow\n"
+        "c = mlflow.MlflowClient()\n"
+        "vs = [v for v in c.search_model_versions(\"name='tanet'\") if v.tags.get('tanet.dvc_exp_name') == 'steps2']\n"
+        "print(json.dumps([[v.version, v.tags.get('tanet.dvc_baseline_rev')] for v in vs]"
+        " + [c.get_registered_model('tanet').aliases]))\n"
+    )
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    *versions, aliases = json.loads(_py(code, repo, store))
+    assert len(versions) == 1 and versions[0][1] == head, versions
+    assert aliases["champion"] != versions[0][0]
 
 
 @pytest.mark.parametrize("preset", ["quick", "full"])

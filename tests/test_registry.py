@@ -208,3 +208,95 @@ def test_the_gate_re_evaluates_its_reference_on_the_candidates_clips(tmp_path: P
     assert (
         len(calls) == 4
     )  # tanet-s once on the fresh store (shared by the gate and its registration), then each champion once
+
+
+def _training_run(tmp_path: Path, model_dir: Path) -> str:
+    """A training run as the train stage leaves it (its shards as dataset input), named in model.json."""
+    from tanet.stages.train import log_training_data
+    from tanet.track.tracking import stage_run
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    meta["patches_dvc_md5"] = "f" * 32
+    with stage_run("train", None, root=tmp_path) as tracker:
+        log_training_data(tracker, tmp_path / "patches", meta)
+        tracker.log_metrics({"val_psnr": 20.0}, 1)
+    meta["training_run"] = tracker.run_id
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    assert tracker.run_id is not None
+    return tracker.run_id
+
+
+def test_the_registered_version_is_its_training_runs_model_with_data_card_and_inference_code(
+    tmp_path: Path, mlflow_store: str
+) -> None:
+    """Lineage: the version's run is the training run (its metrics, dataset input by the shards'
+    hash); a model card as description; the evaluation as the logged model's metrics; a real
+    input example; installable requirements; only the inference code ships."""
+    import mlflow
+    import numpy as np
+
+    model = make_model_dir(tmp_path / "m", seed=1)
+    run_id = _training_run(tmp_path, model)
+    lr = np.random.default_rng(0).integers(0, 256, (5, 40, 48, 3), dtype=np.uint8)
+    record = register_model(
+        model,
+        _eval("heldout_BIx4", 30.0),
+        model_name="tanet",
+        metric="psnr",
+        min_gain=0.0,
+        root=tmp_path,
+        example_lr=lr,
+    )
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("tanet", record["version"])
+    assert version.run_id == run_id and version.tags["tanet.training_run"] == run_id
+    run = client.get_run(run_id)
+    assert run.data.metrics["val_psnr"] == 20.0
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "patches" and data.dataset.digest == "f" * 32
+    assert {t.key: t.value for t in data.tags}["tanet.sha256"] == "0" * 64
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
+    assert version.description.startswith(f"# tanet version {record['version']}")
+    assert run_id in version.description and "heldout_BIx4" in version.description
+    logged = mlflow.get_logged_model(version.model_id or version.source.removeprefix("models:/"))
+    assert {m.key: m.value for m in logged.metrics}["heldout_BIx4.tanet.psnr"] == 30.0
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/tanet/{record['version']}", dst_path=str(tmp_path / "dl"))
+    )
+    code = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
+    assert "tanet/infer/pyfunc.py" in code and "tanet/models/vsr.py" in code
+    assert not [c for c in code if c.startswith(("tanet/train/", "tanet/stages/", "tanet/track/", "tanet/cli"))], code
+    reqs = (local / "requirements.txt").read_text()
+    torch_req = [r for r in reqs.splitlines() if r.startswith("torch")]
+    assert torch_req == ["torch<3,>=2.4"], reqs  # a range a CUDA host resolves, not this CPU wheel's pin
+    example = json.loads((local / "serving_input_example.json").read_text())["inputs"]
+    assert np.array(example, np.uint8).shape == (5, 32, 32, 3)
+    assert np.array_equal(np.array(example, np.uint8), lr[:, 4:36, 8:40])  # the clip's centre crop
+
+
+def test_a_training_run_missing_from_the_store_is_said_on_the_version(tmp_path: Path, mlflow_store: str) -> None:
+    """DVC restored `train` from its run-cache into another store: the model is logged from the
+    register run and the card says the training run is not here."""
+    import mlflow
+
+    model = make_model_dir(tmp_path / "m", seed=1)
+    meta = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**meta, "training_run": "0" * 32}))
+    record = register_model(model, _eval("heldout_BIx4", 30.0), model_name="tanet", metric="psnr", min_gain=0.0)
+    version = mlflow.MlflowClient().get_model_version("tanet", record["version"])
+    assert version.tags["tanet.training_run"] == "" and version.run_id == version.tags["tanet.logged_from_run"]
+    assert "not in this store" in version.description
+
+
+def test_a_pipeline_run_with_no_stage_under_it_is_dropped(tmp_path: Path, mlflow_store: str) -> None:
+    """A deployment run whose `dvc repro` had nothing to do leaves no empty parent run."""
+    import mlflow
+
+    from tanet.track.tracking import drop_if_childless, new_parent_run, stage_run
+
+    idle, busy = new_parent_run("tanet", tmp_path), new_parent_run("tanet", tmp_path)
+    with stage_run("train", None, root=tmp_path, tags={}) as tracker:
+        mlflow.MlflowClient().set_tag(tracker.run_id, "mlflow.parentRunId", busy)
+    assert drop_if_childless(idle, tmp_path) and not drop_if_childless(busy, tmp_path)
+    assert mlflow.MlflowClient().get_run(idle).info.lifecycle_stage == "deleted"
+    assert mlflow.MlflowClient().get_run(busy).info.lifecycle_stage == "active"

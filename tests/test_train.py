@@ -749,10 +749,14 @@ def test_tiny_fine_tunes_from_the_shipped_tanet_s(data: Path, tmp_path: Path) ->
     params = load(params_file(tmp_path / "params.yaml", **over, **{"train.lr": 1e-12, "train.lr_min": 0.0}))
     shipped = load_file(str(shipped_dir("tanet-s") / "model.safetensors"))
     dirs = DataDirs(data / "clips", data / "lr", data / "flow", data / "patches")
+    plots = tmp_path / "plots"
     result = run_pretrain(
-        params, dirs, tmp_path / "pretrain", tmp_path / "pretrain.json", tmp_path / "ckpt", tracker=Tracker()
+        params, dirs, tmp_path / "pretrain", tmp_path / "pretrain.json", tmp_path / "ckpt", plots, tracker=Tracker()
     )
     assert sorted(result) == ["branch_1", "branch_2", "branch_3"]
+    # Each branch's figure as a DVC data plot (step, val_psnr): here the one measured at step 0.
+    rows = (plots / "branch_2_val_psnr.csv").read_text().splitlines()
+    assert rows[0] == "step,val_psnr" and float(rows[1].split(",")[1]) == pytest.approx(result["branch_2"], abs=1e-4)
     assert not (tmp_path / "ckpt").exists()  # nothing trained
     for i in (1, 2, 3):
         meta = json.loads((tmp_path / "pretrain" / f"branch_{i}" / "model.json").read_text())

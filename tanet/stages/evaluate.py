@@ -51,6 +51,7 @@ def run_evaluate(
     device: torch.device | str = "auto",
     tracker: Tracker | None = None,
     summary_path: Path | None = None,
+    frame_plots: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluates the joint model, its branches and bicubic on every available dataset.
 
@@ -67,6 +68,7 @@ def run_evaluate(
         device: inference device (``auto``: CUDA when there is one).
         tracker: the stage's MLflow run: gets every figure, the plots and the per-frame CSV.
         summary_path: the headline metrics file to write (:func:`headline`), if any.
+        frame_plots: folder of per-frame Y-PSNR as DVC data plots (:func:`write_frame_plots`), if any.
 
     Returns:
         The ``eval.json`` content.
@@ -109,6 +111,8 @@ def run_evaluate(
     if summary_path is not None:
         atomic_write_json(summary_path, headline(result, meta, count_parameters(joint)))
     write_frames_csv(frames_csv, all_rows)
+    if frame_plots is not None:
+        write_frame_plots(frame_plots, all_rows)
     if tracker is not None:
         tracker.log_metrics(
             {f"{ds}.{m}.{k}": v for ds, ms in result.items() for m, vals in ms.items() for k, v in vals.items()}
@@ -141,6 +145,30 @@ def write_frames_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_frame_plots(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """Per-frame Y-PSNR as DVC data plots: ``<dataset>__<clip>.csv``, one column per method.
+
+    Columns ``frame, bicubic, lanczos, tanet, branch_1, ...``; ``dvc.yaml`` draws ``tanet``
+    over ``frame`` for each clip, and ``dvc plots diff`` overlays experiments. The folder is
+    replaced whole.
+    """
+    table: dict[str, dict[int, dict[str, float]]] = {}
+    methods: dict[str, list[str]] = {}
+    for r in rows:
+        name = f"{r['dataset']}__{r['clip']}"
+        table.setdefault(name, {}).setdefault(int(r["frame"]), {})[r["method"]] = round(float(r["psnr"]), 4)
+        if r["method"] not in methods.setdefault(name, []):
+            methods[name].append(r["method"])
+    with atomic_dir(folder) as tmp:
+        for name, frames in table.items():
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["frame", *methods[name]])
+            for frame in sorted(frames):
+                writer.writerow([frame, *(frames[frame].get(m, "") for m in methods[name])])
+            atomic_write_bytes(tmp / f"{name}.csv", buf.getvalue().encode())
 
 
 def headline(result: dict[str, Any], meta: dict[str, Any], params: int) -> dict[str, Any]:

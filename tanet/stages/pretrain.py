@@ -6,6 +6,7 @@ neighbours (``pretrain.init_from_branch1``), so each begins where branch 1 ends.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from tanet.data.valset import ValClip, load_val_clips
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.clips import DataDirs
-from tanet.io.model_files import CKPT_WEIGHTS, BranchModel, write_model_dir
+from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
 from tanet.stages.parallel import Mapper, serial_map
 from tanet.stages.train import shipped_init
 from tanet.track.tracking import Tracker, child_run
+from tanet.train.curves import write_curve_data
 from tanet.train.distributed import dist_info, resolve_device
 from tanet.train.job import Job
 from tanet.train.loop import model_meta, run_job
@@ -140,6 +142,7 @@ def run_pretrain(
     out: Path,
     metrics: Path,
     checkpoints: Path,
+    plots: Path,
     *,
     tracker: Tracker,
     mapper: Mapper = serial_map,
@@ -155,13 +158,14 @@ def run_pretrain(
         out: pretrained branches folder (``branch_<i>`` each).
         metrics: ``pretrain.json`` to write.
         checkpoints: checkpoint root (``branch_<i>/step_<n>``).
+        plots: folder of the branches' curves as DVC data plots (``branch_<i>_loss.csv`` ...).
         tracker: the stage's MLflow run; each branch logs to a child run.
         mapper: runs the branches of one wave (Prefect tasks in the flow).
     """
     val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
     shipped = shipped_init(params)
     if shipped is not None:  # fine-tuning a shipped network: nothing to pretrain
-        return _report(shipped_branches(params, shipped[0], shipped[1], dirs, out, val), tracker, metrics)
+        return _report(shipped_branches(params, shipped[0], shipped[1], dirs, out, val), tracker, metrics, out, plots)
     device = resolve_device("auto")
     if device.type == "cpu" and params.pretrain.parallel > 1:
         # Branches on parallel threads share the cores instead of each taking all of them.
@@ -188,12 +192,17 @@ def run_pretrain(
     for i, res in zip(branches, results):  # a failed first wave leaves the rest unrun
         if isinstance(res, BaseException):
             raise TanetError(f"pretrain: branch {i} failed: {res}") from res
-    return _report({f"branch_{i}": res for i, res in zip(branches, results)}, tracker, metrics)
+    return _report({f"branch_{i}": res for i, res in zip(branches, results)}, tracker, metrics, out, plots)
 
 
-def _report(results: dict[str, dict[str, Any]], tracker: Tracker, metrics: Path) -> dict[str, float]:
-    """``pretrain.json`` (each branch's validation PSNR, 4 decimals), logged and written; returns it flat."""
+def _report(
+    results: dict[str, dict[str, Any]], tracker: Tracker, metrics: Path, out: Path, plots: Path
+) -> dict[str, float]:
+    """``pretrain.json`` (each branch's validation PSNR, 4 decimals), logged and written, and the
+    branches' curves as data plots; returns the figures flat."""
     summary = {k: {"val_psnr": round(v["val_psnr"], 4)} for k, v in results.items()}
     tracker.log_metrics({f"{k}.val_psnr": v["val_psnr"] for k, v in summary.items()})
     atomic_write_json(metrics, summary)
+    histories = {k: json.loads((out / k / HISTORY).read_text()) for k in results if (out / k / HISTORY).is_file()}
+    write_curve_data(histories, plots)
     return {k: v["val_psnr"] for k, v in summary.items()}

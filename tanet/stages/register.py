@@ -1,9 +1,16 @@
 """Stage ``register``: log the trained model as an MLflow pyfunc, register it, pick a champion.
 
-The model is logged with its weights folder as an artifact, the ``tanet`` package in
-``code_paths``, an explicit tensor signature with free T, H and W
-(``(-1, -1, -1, 3)`` uint8 in and out), an input example and pinned requirements. It is
-registered as ``register.model_name`` (``tanet``) and gets the alias ``candidate``.
+The model is logged into its training run (named in the model folder's ``model.json`` by
+the train stage), beside that run's metrics, curves, checkpoint and training dataset, so the
+registered version links to all of them; when that run is not in this store (DVC restored
+``train`` from its run-cache into another store) it is logged from the register run and the
+version says so. It carries its weights folder as an artifact, only the inference code of
+``tanet`` (the import closure of :mod:`tanet.infer.pyfunc`) in ``code_paths``, an explicit
+tensor signature with free T, H and W (``(-1, -1, -1, 3)`` uint8 in and out), a real input
+example (LR frames of a validation clip), requirements a CPU or a GPU machine installs
+(ranges, not this machine's pins) and the evaluation as the logged model's metrics. Its
+description is a model card. It is registered as ``register.model_name`` (``tanet``) and
+gets the alias ``candidate``.
 
 Champion rule (the gate): only the candidate's validation clips count (``heldout_*``
 datasets; never Vid4, the test set). The candidate must beat bicubic there by more than
@@ -23,9 +30,11 @@ the licences of the training data, the flattened params, and every evaluation sc
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-import tanet
 from tanet.config import Params
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
+from tanet.io.imports import PACKAGE_ROOT, import_closure, package_inits
 from tanet.io.model_files import MODEL_META
 from tanet.stages.evaluate import load_eval
 from tanet.track.tracking import Tracker, configure_mlflow, flatten, git_commit, tracking_uri
@@ -45,16 +54,91 @@ log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-_REQUIREMENTS = ("torch", "numpy", "opencv-python-headless", "safetensors", "pyyaml")
+# What the pyfunc imports, as ranges a CPU or a CUDA machine can install: this machine's
+# exact pins (torch==2.13.0 is a local CPU wheel here) would not resolve on a GPU host.
+REQUIREMENTS = ("torch>=2.4,<3", "numpy>=1.26,<3", "opencv-python-headless>=4.8", "safetensors>=0.4", "pyyaml>=6")
+PYFUNC_MODULE = "tanet/infer/pyfunc.py"
+PYFUNC_CODE = "tanet/infer/pyfunc_code.py"  # models-from-code: nothing pickled
 
 
-def pinned_requirements() -> list[str]:
-    """``name==version`` of what the pyfunc imports, as installed here."""
-    out = []
-    for name in _REQUIREMENTS:
-        version = importlib.metadata.version(name).split("+")[0]
-        out.append(f"{name}=={version}")
-    return out
+def inference_code(dest: Path) -> Path:
+    """Copies the inference code of ``tanet`` (what :mod:`tanet.infer.pyfunc` imports) into ``dest/tanet``.
+
+    Returns:
+        The copied package folder, for ``code_paths``: no training, stages, tracking or CLI code.
+    """
+    files = import_closure([PYFUNC_MODULE, PYFUNC_CODE])
+    for rel in sorted(files | package_inits(files)):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE_ROOT / rel, target)
+    return dest / "tanet"
+
+
+def input_example(clip_lr: np.ndarray | None, num_branches: int, size: int = 32) -> np.ndarray:
+    """An input example: a window's worth of LR frames ``(2N-1, size, size, 3)`` uint8.
+
+    Args:
+        clip_lr: LR frames ``(T, H, W, 3)`` uint8 of a validation clip (their centre crop is
+            the example); None: a smooth synthetic gradient (no clip at hand, ``tanet register``).
+        num_branches: N; the example holds ``2N - 1`` frames, one full temporal window.
+        size: side of the crop.
+    """
+    t = 2 * num_branches - 1
+    if clip_lr is not None and clip_lr.ndim == 4 and clip_lr.shape[0] >= 1:
+        frames = np.asarray(clip_lr[:t], np.uint8)
+        frames = np.concatenate([frames, np.repeat(frames[-1:], t - len(frames), 0)]) if len(frames) < t else frames
+        h, w = frames.shape[1:3]
+        y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        return np.ascontiguousarray(frames[:, y : y + size, x : x + size])
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    frame = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size))], -1)
+    return np.repeat(frame.astype(np.uint8)[None], t, 0)
+
+
+def version_card(
+    meta: dict[str, Any], eval_result: dict[str, Any], *, model_name: str, version: str, run_note: str, commit: str
+) -> str:
+    """The registered version's description: a model card in markdown."""
+    from tanet.io.markdown import markdown_table
+    from tanet.stages.evaluate import markdown_report
+
+    m = meta["model"]
+    rows = [
+        (
+            "architecture",
+            f"TANet: {m['num_branches']} SR branches over 1..{2 * m['num_branches'] - 1} frames, "
+            f"temporal modulation, alignment {m['alignment']}, x{m['scale']}, {m['color']}",
+        ),
+        ("degradation", meta.get("degradation", "")),
+        ("initialised from", meta.get("init", "pretrained branches")),
+        (
+            "validation Y-PSNR",
+            f"{meta.get('val_psnr', float('nan')):.4f} dB (bicubic {meta.get('val_psnr_bicubic', float('nan')):.4f})",
+        ),
+        ("training data", f"patches sha256 {meta.get('patches_sha256', '')}"),
+        ("data licences", "; ".join(str(x) for x in meta.get("licences", [])) or "see the data manifest"),
+        ("training run", run_note),
+        ("git commit", commit),
+    ]
+    return "\n".join(
+        [
+            f"# tanet version {version}",
+            "",
+            *markdown_table(["", ""], rows),
+            "",
+            "## Evaluation (Y-PSNR dB / SSIM, all frames)",
+            "",
+            markdown_report(eval_result),
+            "",
+            "## Use",
+            "",
+            f'`mlflow.pyfunc.load_model("models:/{model_name}/{version}").predict(clip)` with `clip` a '
+            f"`(T, H, W, 3)` uint8 RGB array; or `tanet upscale IN OUT --model models:/{model_name}/{version}`.",
+            "The weights' terms follow the training data's licences above (the code is MIT).",
+            "",
+        ]
+    )
 
 
 def _signature() -> Any:
@@ -112,6 +196,26 @@ def champion_decision(
     return False, f"{ds}: {cand:.4f} does not beat champion {champ:.4f} + {min_gain}"
 
 
+def dvc_experiment_tags() -> dict[str, str]:
+    """``tanet.dvc_exp_name`` and ``tanet.dvc_baseline_rev`` under ``dvc exp run`` (DVC sets both
+    variables for the stages it runs), so a ``dvc exp show`` row maps to its registry version."""
+    names = {"DVC_EXP_NAME": "tanet.dvc_exp_name", "DVC_EXP_BASELINE_REV": "tanet.dvc_baseline_rev"}
+    return {tag: os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+
+
+def training_run(client: Any, meta: dict[str, Any]) -> str | None:
+    """The model's training run (``model.json``'s ``training_run``) when this store has it."""
+    run_id = meta.get("training_run")
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_run(run_id).info.run_id)
+    except MlflowException:
+        return None
+
+
 def log_version(
     model_dir: Path,
     eval_result: dict[str, Any],
@@ -121,28 +225,66 @@ def log_version(
     params: dict[str, Any] | None = None,
     root: Path | None = None,
     extra_tags: dict[str, str] | None = None,
+    example_lr: np.ndarray | None = None,
+    description: str | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """Logs a model folder as a pyfunc in run ``run_id``, registers it and tags it; returns (version, tags)."""
+    """Logs a model folder as a pyfunc, registers it, tags and describes it; returns (version, tags).
+
+    Args:
+        model_dir: the model folder (weights + ``model.json``).
+        eval_result: ``eval.json``-shaped scores (tags, the logged model's metrics, the card).
+        model_name: registered model name.
+        run_id: the run that logs it when the model's training run is not in this store.
+        params: full params (tagged, flattened).
+        root: repo root (embedded tracking store).
+        extra_tags: more version tags.
+        example_lr: LR frames ``(T, H, W, 3)`` of a validation clip for the input example.
+        description: the version's description (default: :func:`version_card`).
+    """
     mlflow = configure_mlflow(root)
     meta = json.loads((Path(model_dir) / MODEL_META).read_text())
-    from tanet.infer.pyfunc import ARTIFACT, TanetPyfunc
+    from tanet.infer.pyfunc import ARTIFACT
 
-    example = np.zeros((meta["model"]["num_branches"] * 2 - 1, 16, 16, 3), np.uint8)
-    with mlflow.start_run(run_id=run_id):
+    client = mlflow.MlflowClient()
+    trained_in = training_run(client, meta)
+    log_run = trained_in or run_id
+    if trained_in:
+        run_note = f"{trained_in} (metrics, curves, checkpoint, training data)"
+    elif meta.get("training_run"):
+        run_note = (
+            f"{meta['training_run']}, not in this store (restored from DVC's run-cache); logged from run {run_id}"
+        )
+    else:
+        run_note = f"none recorded; logged from run {run_id}"
+    flat_eval = {
+        f"{ds}.{m}.{k}": float(v) for ds, ms in eval_result.items() for m, vs in ms.items() for k, v in vs.items()
+    }
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=log_run):
+        code = inference_code(Path(tmp))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=TanetPyfunc(),
+            python_model=str(code.parent / PYFUNC_CODE),
             artifacts={ARTIFACT: str(Path(model_dir).resolve())},
-            code_paths=[str(Path(tanet.__file__).parent)],
+            code_paths=[str(code)],
             signature=_signature(),
-            input_example=example,
-            pip_requirements=pinned_requirements(),
+            input_example=input_example(example_lr, meta["model"]["num_branches"]),
+            pip_requirements=list(REQUIREMENTS),
             registered_model_name=model_name,
         )
-    client = mlflow.MlflowClient()
+        if flat_eval:
+            mlflow.log_metrics(flat_eval, model_id=info.model_id)
     version = str(info.registered_model_version)
+    commit = git_commit(root)
+    client.update_model_version(
+        model_name,
+        version,
+        description=description
+        or version_card(meta, eval_result, model_name=model_name, version=version, run_note=run_note, commit=commit),
+    )
     tags = {
-        "tanet.git_commit": git_commit(root),
+        "tanet.training_run": trained_in or "",
+        "tanet.logged_from_run": log_run,
+        "tanet.git_commit": commit,
         "tanet.patches_sha256": meta.get("patches_sha256", ""),
         "tanet.patches_dvc_md5": meta.get("patches_dvc_md5") or "",
         "tanet.scale": meta["model"]["scale"],
@@ -151,6 +293,7 @@ def log_version(
         "tanet.color": meta["model"]["color"],
         "tanet.licences": json.dumps(meta.get("licences", [])),
         "tanet.params": json.dumps(flatten(params or meta.get("params", {})))[:5000],
+        **dvc_experiment_tags(),
         **(extra_tags or {}),
     }
     for ds, methods in eval_result.items():
@@ -186,6 +329,7 @@ def register_model(
     root: Path | None = None,
     rescore: Callable[[Path], dict[str, dict[str, float]]] | None = None,
     promote: str = "auto",
+    example_lr: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Logs, registers and (maybe) promotes a model; returns the registration record.
 
@@ -204,6 +348,7 @@ def register_model(
             shipped model of the same scale and degradation) is re-evaluated there; without
             it the champion's own tagged figures are compared (``tanet register``).
         promote: ``auto`` (the gate moves ``@champion``) or ``never`` (only ``@candidate``).
+        example_lr: LR frames ``(T, H, W, 3)`` of a validation clip, for the input example.
 
     Returns:
         ``{"model_name", "version", "aliases", "champion_version", "decision", "reference",
@@ -219,7 +364,9 @@ def register_model(
 
         exp = ensure_experiment(mlflow, experiment, root)
         run_id = mlflow.MlflowClient().create_run(exp, tags={"mlflow.runName": "register"}).info.run_id
-    version, own = log_version(model_dir, eval_result, model_name=model_name, run_id=run_id, params=params, root=root)
+    version, own = log_version(
+        model_dir, eval_result, model_name=model_name, run_id=run_id, params=params, root=root, example_lr=example_lr
+    )
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(model_name, CANDIDATE, version)
     # Read the alias table rather than catching get_model_version_by_alias's error: a server
@@ -238,7 +385,7 @@ def register_model(
     elif shipped is not None and promote == "auto" and champion_decision(ref.scores or {}, None, min_gain, bicubic)[0]:
         # A fresh store keeps the better of the two as @champion: the shipped model, registered
         # as a version with the figures it just earned on these validation clips.
-        from tanet.infer.shipped import shipped_dir
+        from tanet.infer.shipped import read_card, render_card, shipped_dir
 
         earned = {
             ds: {"tanet": v, "bicubic": eval_result.get(ds, {}).get("bicubic", {})} for ds, v in ref.figures.items()
@@ -250,6 +397,8 @@ def register_model(
             run_id=run_id,
             root=root,
             extra_tags={"tanet.shipped": shipped},
+            example_lr=example_lr,
+            description=render_card(read_card(shipped)),
         )
         client.set_registered_model_alias(model_name, CHAMPION, champion_version)
         reason += f"; {shipped} registered as version {champion_version} and made champion"
@@ -352,6 +501,7 @@ def run_register(
         root=root,
         rescore=rescore,
         promote=rp.promote,
+        example_lr=np.stack(val[0].lr) if val else None,
     )
     write_registration(out, record)
     return record

@@ -14,8 +14,9 @@ from tanet.data.valset import load_val_clips
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.clips import DataDirs
-from tanet.io.model_files import CKPT_WEIGHTS, MODEL_META
+from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, MODEL_META
 from tanet.track.tracking import Tracker, flatten
+from tanet.train.curves import write_curve_data
 from tanet.train.distributed import dist_info, resolve_device
 from tanet.train.job import Job
 from tanet.train.loop import model_meta, run_job
@@ -92,6 +93,10 @@ def train_joint(
         init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
     bicubic = bicubic_psnr(clips, params.model.scale) if rank0 else float("nan")
     meta = {**model_meta(params, dirs.patches), "val_psnr_bicubic": bicubic, "init": params.train.init}
+    if tracker is not None and tracker.enabled and rank0:
+        # model.json names its MLflow run: the register stage logs the model into it (lineage).
+        meta["training_run"] = tracker.run_id
+        log_training_data(tracker, dirs.patches, meta)
     metrics = run_job(
         job,
         dirs.patches,
@@ -109,6 +114,17 @@ def train_joint(
         if tracker is not None:
             tracker.log_metrics({"val_psnr_bicubic": bicubic}, params.train.steps)
     return metrics
+
+
+def log_training_data(tracker: Tracker, patches_dir: Path, meta: dict[str, Any]) -> None:
+    """Logs the training shards as the run's ``training`` dataset input, by their hash.
+
+    The digest is DVC's hash of ``data/patches`` when DVC runs the stage (the one in
+    ``dvc.lock``), else the shards' sha256; the full sha256 and the licences are input tags.
+    """
+    digest = meta.get("patches_dvc_md5") or meta["patches_sha256"]
+    tags = {"tanet.sha256": meta["patches_sha256"], "tanet.licences": json.dumps(meta.get("licences", []))}
+    tracker.log_dataset("patches", patches_dir, digest, "training", tags)
 
 
 def train_metrics(pretrain_dir: Path, train_dir: Path, num_branches: int) -> dict[str, Any]:
@@ -131,11 +147,14 @@ def run_train(
     out: Path,
     metrics: Path,
     checkpoints: Path,
+    plots: Path,
     *,
     tracker: Tracker,
 ) -> dict[str, Any]:
-    """Trains the joint network and writes ``metrics/train.json`` (pretrain + joint); returns it."""
+    """Trains the joint network, writes ``metrics/train.json`` (pretrain + joint) and its curves
+    as DVC data plots into ``plots`` (``joint_loss.csv``, ``joint_val_psnr.csv``); returns the summary."""
     train_joint(params, dirs, pretrain, out, checkpoints, device=resolve_device("auto"), tracker=tracker)
     summary = train_metrics(pretrain, out, params.model.num_branches)
     atomic_write_json(metrics, summary)
+    write_curve_data({"joint": json.loads((out / HISTORY).read_text())}, plots)
     return summary

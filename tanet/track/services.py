@@ -6,7 +6,9 @@
 2. an MLflow tracking server over the repo's own store (``mlflow.db`` + ``mlartifacts/``, the
    one a plain ``dvc repro`` writes; one worker, job execution off, artifacts as plain
    files under ``mlartifacts/`` that every local client reads and writes),
-3. the ``tanet`` work pool (type ``process``) and the deployments of ``prefect.yaml``,
+3. the ``tanet`` work pool (type ``process``) and the deployments of ``prefect.yaml``
+   (``prefect deploy --all`` from the repo root: the same steps prefect.yaml's header gives
+   for plain Prefect),
 4. a worker for the pool, whose flow runs see ``PREFECT_API_URL`` and
    ``MLFLOW_TRACKING_URI``,
 
@@ -247,11 +249,8 @@ def serve(
         client_env = {**env, **svc.env()}
         if deploy:
             _run([_bin("prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"], client_env, root)
-            _run(
-                [_bin("prefect"), "--no-prompt", "deploy", "--all"],
-                {**client_env, "TANET_REPO": str(root.resolve())},
-                root,
-            )
+            # From the repo root, as by hand: the deployments record this folder as where runs happen.
+            _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], client_env, root)
         if worker:
             procs["prefect-worker"] = _spawn(
                 [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],

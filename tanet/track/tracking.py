@@ -28,6 +28,7 @@ import logging
 import os
 import subprocess
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,26 @@ def embedded_store(root: Path | None = None) -> Path | None:
     return None
 
 
+def store_root(root: Path | None = None) -> Path:
+    """The folder of the repo's embedded MLflow store (``mlflow.db``, ``mlartifacts/``).
+
+    DVC's root when DVC runs the stage: ``dvc exp run --temp`` and queued experiments run the
+    stages in a temporary copy of the repo but set ``DVC_ROOT`` to the workspace, so their
+    runs and model versions land in the workspace's one store instead of vanishing with the
+    copy. Otherwise ``root`` (default: :func:`repo_root`).
+    """
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and (Path(dvc_root) / "dvc.yaml").is_file():
+        return Path(dvc_root)
+    return root or repo_root()
+
+
 def tracking_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` or the embedded SQLite store of the repo."""
+    """``MLFLOW_TRACKING_URI`` or the embedded SQLite store of the repo (:func:`store_root`)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
 def configure_mlflow(root: Path | None = None) -> Any:
@@ -94,7 +109,7 @@ def ensure_experiment(mlflow: Any, name: str, root: Path | None = None) -> str:
         return exp.experiment_id
     location = None
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = ((root or repo_root()) / "mlartifacts").as_uri()
+        location = (store_root(root) / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 
@@ -138,7 +153,7 @@ def new_pipeline_token(root: Path) -> str:
     return token
 
 
-def _pipeline_token(root: Path) -> str | None:
+def pipeline_token(root: Path) -> str | None:
     """The current ``dvc repro``'s token, when this process is one of its stages."""
     if not os.environ.get("DVC_ROOT"):
         return None
@@ -179,6 +194,21 @@ def new_parent_run(experiment: str, root: Path | None = None, tags: Mapping[str,
     return run.info.run_id
 
 
+def drop_if_childless(run_id: str, root: Path | None = None) -> bool:
+    """Deletes a pipeline parent run that no stage run nested under (its ``dvc repro`` had
+    nothing to do), so the experiment lists no empty pipelines; True if it did."""
+    mlflow = configure_mlflow(root)
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=1
+    )
+    if children:
+        return False
+    client.delete_run(run_id)
+    return True
+
+
 def check_tracking_server(timeout: float = 5.0) -> None:
     """Fails fast with a clear message when ``MLFLOW_TRACKING_URI`` is an unreachable server.
 
@@ -210,7 +240,7 @@ def parent_run_id(mlflow: Any, experiment_id: str, root: Path, tags: Mapping[str
     if env:
         return env
     state_path = root / STATE_FILE
-    ident = _pipeline_token(root)
+    ident = pipeline_token(root)
     if ident is not None and state_path.is_file():
         try:
             state = json.loads(state_path.read_text())
@@ -284,6 +314,32 @@ class Tracker:
                 self._client.log_artifacts(self.run_id, str(path), artifact_path)
             else:
                 self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(
+        self, name: str, path: Path, digest: str, context: str, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Logs a dataset input of the run (MLflow's ``log_input``): a folder with its hash.
+
+        Args:
+            name: dataset name (``patches``).
+            path: where the data are (recorded as a ``file://`` source).
+            digest: its hash; MLflow keeps 36 characters, so the full hash goes in ``tags`` too.
+            context: ``training`` or ``validation`` (the ``mlflow.data.context`` input tag).
+            tags: more input tags (``tanet.sha256``, counts).
+        """
+        if not self.enabled:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
+        # MetaDataset's profile is declared abstract but returns None at run time (metadata only).
+        dataset = MetaDataset(source, name=name, digest=digest[:36])  # type: ignore[abstract]
+        input_tags = [InputTag("mlflow.data.context", context), *(InputTag(k, str(v)) for k, v in (tags or {}).items())]
+        self._client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=input_tags)])
 
     def finish(self, status: str = "FINISHED") -> None:
         """Marks the run finished (or FAILED)."""

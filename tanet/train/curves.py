@@ -45,3 +45,31 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> b
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def write_curve_data(histories: dict[str, list[dict[str, Any]]], folder: Path) -> None:
+    """Training curves as DVC data plots: ``<name>_loss.csv`` and ``<name>_val_psnr.csv`` (``step``, value).
+
+    ``dvc plots show`` draws each file over ``step`` (its last column is the y axis) and
+    ``dvc plots diff`` overlays experiments. The folder is replaced whole.
+
+    Args:
+        histories: ``{name: history}`` (``joint``, ``branch_1`` ...), records with ``step``.
+        folder: the plots folder (e.g. ``plots/train``).
+    """
+    import csv
+    import io
+
+    from tanet.io.atomic import atomic_dir, atomic_write_bytes
+
+    with atomic_dir(folder) as tmp:
+        for name, history in histories.items():
+            for key in ("loss", "val_psnr"):
+                rows = [(int(r["step"]), float(r[key])) for r in history if key in r]
+                if not rows:
+                    continue
+                buf = io.StringIO()
+                writer = csv.writer(buf, lineterminator="\n")
+                writer.writerow(["step", key])
+                writer.writerows(rows)
+                atomic_write_bytes(tmp / f"{name}_{key}.csv", buf.getvalue().encode())

@@ -207,7 +207,8 @@ def run_job(
     # their order is what makes a resumed run bit-identical to an uninterrupted one
     # (tests/test_train.py).
     tracker = tracker or Tracker()
-    tracker.set_tags({f"tanet.{k}": v for k, v in (meta or {}).items() if k != "params" and v is not None})
+    untagged = {"params", "training_run"}  # the flattened params are logged as params; the run is this one
+    tracker.set_tags({f"tanet.{k}": v for k, v in (meta or {}).items() if k not in untagged and v is not None})
     optim = job.optim
     rank, world = dist_info()
     if optim.batch_size % world:
