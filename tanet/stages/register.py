@@ -1,6 +1,6 @@
 """Stage ``register``: log the trained model as an MLflow pyfunc, register it, pick a champion.
 
-The model is logged into its training run (named in the model folder's ``model.json`` by
+The model is logged (:func:`tanet.infer.packaging.log_pyfunc`) into its training run (named in the model folder's ``model.json`` by
 the train stage), beside that run's metrics, curves, checkpoint and training dataset, so the
 registered version links to all of them; when that run is not in this store (DVC restored
 ``train`` from its run-cache into another store) it is logged from the register run and the
@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +42,8 @@ import numpy as np
 
 from tanet.config import Params
 from tanet.errors import TanetError
+from tanet.infer.packaging import log_pyfunc
 from tanet.io.atomic import atomic_write_json
-from tanet.io.imports import PACKAGE_ROOT, import_closure, package_inits
 from tanet.io.model_files import MODEL_META
 from tanet.stages.evaluate import load_eval
 from tanet.track.tracking import Tracker, configure_mlflow, flatten, git_commit, tracking_uri
@@ -54,46 +52,6 @@ log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-# What the pyfunc imports, as ranges a CPU or a CUDA machine can install: this machine's
-# exact pins (torch==2.13.0 is a local CPU wheel here) would not resolve on a GPU host.
-REQUIREMENTS = ("torch>=2.4,<3", "numpy>=1.26,<3", "opencv-python-headless>=4.8", "safetensors>=0.4", "pyyaml>=6")
-PYFUNC_MODULE = "tanet/infer/pyfunc.py"
-PYFUNC_CODE = "tanet/infer/pyfunc_code.py"  # models-from-code: nothing pickled
-
-
-def inference_code(dest: Path) -> Path:
-    """Copies the inference code of ``tanet`` (what :mod:`tanet.infer.pyfunc` imports) into ``dest/tanet``.
-
-    Returns:
-        The copied package folder, for ``code_paths``: no training, stages, tracking or CLI code.
-    """
-    files = import_closure([PYFUNC_MODULE, PYFUNC_CODE])
-    for rel in sorted(files | package_inits(files)):
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PACKAGE_ROOT / rel, target)
-    return dest / "tanet"
-
-
-def input_example(clip_lr: np.ndarray | None, num_branches: int, size: int = 32) -> np.ndarray:
-    """An input example: a window's worth of LR frames ``(2N-1, size, size, 3)`` uint8.
-
-    Args:
-        clip_lr: LR frames ``(T, H, W, 3)`` uint8 of a validation clip (their centre crop is
-            the example); None: a smooth synthetic gradient (no clip at hand, ``tanet register``).
-        num_branches: N; the example holds ``2N - 1`` frames, one full temporal window.
-        size: side of the crop.
-    """
-    t = 2 * num_branches - 1
-    if clip_lr is not None and clip_lr.ndim == 4 and clip_lr.shape[0] >= 1:
-        frames = np.asarray(clip_lr[:t], np.uint8)
-        frames = np.concatenate([frames, np.repeat(frames[-1:], t - len(frames), 0)]) if len(frames) < t else frames
-        h, w = frames.shape[1:3]
-        y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
-        return np.ascontiguousarray(frames[:, y : y + size, x : x + size])
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    frame = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size))], -1)
-    return np.repeat(frame.astype(np.uint8)[None], t, 0)
 
 
 def version_card(
@@ -139,14 +97,6 @@ def version_card(
             "",
         ]
     )
-
-
-def _signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    spec = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
-    return ModelSignature(inputs=Schema([spec]), outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]))
 
 
 def scores_from_tags(tags: dict[str, str], metric: str, method: str = "tanet") -> dict[str, float]:
@@ -243,56 +193,31 @@ def log_version(
     """
     mlflow = configure_mlflow(root)
     meta = json.loads((Path(model_dir) / MODEL_META).read_text())
-    from tanet.infer.pyfunc import ARTIFACT
-
     client = mlflow.MlflowClient()
     trained_in = training_run(client, meta)
     log_run = trained_in or run_id
-    if trained_in:
-        run_note = f"{trained_in} (metrics, curves, checkpoint, training data)"
-    elif meta.get("training_run"):
-        run_note = (
-            f"{meta['training_run']}, not in this store (restored from DVC's run-cache); logged from run {run_id}"
-        )
-    else:
-        run_note = f"none recorded; logged from run {run_id}"
     flat_eval = {
         f"{ds}.{m}.{k}": float(v) for ds, ms in eval_result.items() for m, vs in ms.items() for k, v in vs.items()
     }
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=log_run):
-        code = inference_code(Path(tmp))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(code.parent / PYFUNC_CODE),
-            artifacts={ARTIFACT: str(Path(model_dir).resolve())},
-            code_paths=[str(code)],
-            signature=_signature(),
-            input_example=input_example(example_lr, meta["model"]["num_branches"]),
-            pip_requirements=list(REQUIREMENTS),
-            registered_model_name=model_name,
+    with mlflow.start_run(run_id=log_run):
+        info = log_pyfunc(
+            mlflow,
+            model_dir,
+            model_name=model_name,
+            num_branches=meta["model"]["num_branches"],
+            example_lr=example_lr,
+            metrics=flat_eval,
         )
-        if flat_eval:
-            mlflow.log_metrics(flat_eval, model_id=info.model_id)
     version = str(info.registered_model_version)
     commit = git_commit(root)
-    client.update_model_version(
-        model_name,
-        version,
-        description=description
-        or version_card(meta, eval_result, model_name=model_name, version=version, run_note=run_note, commit=commit),
-    )
+    note = run_note(meta, trained_in, run_id)
+    card = version_card(meta, eval_result, model_name=model_name, version=version, run_note=note, commit=commit)
+    client.update_model_version(model_name, version, description=description or card)
     tags = {
         "tanet.training_run": trained_in or "",
         "tanet.logged_from_run": log_run,
         "tanet.git_commit": commit,
-        "tanet.patches_sha256": meta.get("patches_sha256", ""),
-        "tanet.patches_dvc_md5": meta.get("patches_dvc_md5") or "",
-        "tanet.scale": meta["model"]["scale"],
-        "tanet.degradation": meta.get("degradation", ""),
-        "tanet.alignment": meta["model"]["alignment"],
-        "tanet.color": meta["model"]["color"],
-        "tanet.licences": json.dumps(meta.get("licences", [])),
-        "tanet.params": json.dumps(flatten(params or meta.get("params", {})))[:5000],
+        **meta_tags(meta, params),
         **dvc_experiment_tags(),
         **(extra_tags or {}),
     }
@@ -303,6 +228,29 @@ def log_version(
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version, k, str(v))
     return version, {k: str(v) for k, v in tags.items()}
+
+
+def run_note(meta: dict[str, Any], trained_in: str | None, run_id: str) -> str:
+    """The card's line on the training run: found in this store, missing, or never recorded."""
+    if trained_in:
+        return f"{trained_in} (metrics, curves, checkpoint, training data)"
+    if meta.get("training_run"):
+        return f"{meta['training_run']}, not in this store (restored from DVC's run-cache); logged from run {run_id}"
+    return f"none recorded; logged from run {run_id}"
+
+
+def meta_tags(meta: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """Version tags from ``model.json``: data hashes, model settings, licences, flattened params."""
+    return {
+        "tanet.patches_sha256": meta.get("patches_sha256", ""),
+        "tanet.patches_dvc_md5": meta.get("patches_dvc_md5") or "",
+        "tanet.scale": meta["model"]["scale"],
+        "tanet.degradation": meta.get("degradation", ""),
+        "tanet.alignment": meta["model"]["alignment"],
+        "tanet.color": meta["model"]["color"],
+        "tanet.licences": json.dumps(meta.get("licences", [])),
+        "tanet.params": json.dumps(flatten(params or meta.get("params", {})))[:5000],
+    }
 
 
 def shipped_reference(meta: dict[str, Any]) -> str | None:
@@ -383,24 +331,9 @@ def register_model(
         client.set_registered_model_alias(model_name, CHAMPION, version)
         champion_version = version
     elif shipped is not None and promote == "auto" and champion_decision(ref.scores or {}, None, min_gain, bicubic)[0]:
-        # A fresh store keeps the better of the two as @champion: the shipped model, registered
-        # as a version with the figures it just earned on these validation clips.
-        from tanet.infer.shipped import read_card, render_card, shipped_dir
-
-        earned = {
-            ds: {"tanet": v, "bicubic": eval_result.get(ds, {}).get("bicubic", {})} for ds, v in ref.figures.items()
-        }
-        champion_version, _ = log_version(
-            shipped_dir(shipped),
-            earned,
-            model_name=model_name,
-            run_id=run_id,
-            root=root,
-            extra_tags={"tanet.shipped": shipped},
-            example_lr=example_lr,
-            description=render_card(read_card(shipped)),
+        champion_version = register_shipped_champion(
+            shipped, ref, eval_result, model_name=model_name, run_id=run_id, root=root, example_lr=example_lr
         )
-        client.set_registered_model_alias(model_name, CHAMPION, champion_version)
         reason += f"; {shipped} registered as version {champion_version} and made champion"
     elif wins:
         reason += "; not promoted (register.promote: never)"
@@ -415,6 +348,36 @@ def register_model(
         "tracking_uri": tracking_uri(root),
         "model_uri": f"models:/{model_name}/{version}",
     }
+
+
+def register_shipped_champion(
+    shipped: str,
+    ref: Reference,
+    eval_result: dict[str, Any],
+    *,
+    model_name: str,
+    run_id: str,
+    root: Path | None,
+    example_lr: np.ndarray | None,
+) -> str:
+    """A fresh store keeps the better of the two as ``@champion``: registers the shipped model
+    as a version with the figures it just earned on the candidate's validation clips (its
+    card as description), makes it champion and returns its version."""
+    from tanet.infer.shipped import read_card, render_card, shipped_dir
+
+    earned = {ds: {"tanet": v, "bicubic": eval_result.get(ds, {}).get("bicubic", {})} for ds, v in ref.figures.items()}
+    version, _ = log_version(
+        shipped_dir(shipped),
+        earned,
+        model_name=model_name,
+        run_id=run_id,
+        root=root,
+        extra_tags={"tanet.shipped": shipped},
+        example_lr=example_lr,
+        description=render_card(read_card(shipped)),
+    )
+    configure_mlflow(root).MlflowClient().set_registered_model_alias(model_name, CHAMPION, version)
+    return version
 
 
 @dataclass
