@@ -9,15 +9,17 @@ owner-only (0600/0700); they get the modes a plain ``open``/``mkdir`` would give
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes UTF-8 text atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], lineterminator: str = "\n"
+) -> None:
+    """Writes a CSV table (a header row, then ``rows``) atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator=lineterminator)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

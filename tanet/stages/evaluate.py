@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -24,7 +22,7 @@ from tanet.infer.evaluation import (
     vid4_clips,
     vid4_reference_clips,
 )
-from tanet.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+from tanet.io.atomic import atomic_dir, atomic_write_csv, atomic_write_json
 from tanet.io.markdown import markdown_table
 from tanet.io.model_files import load_model_dir
 from tanet.models.cost import count_parameters
@@ -140,11 +138,8 @@ def eval_sources(
 
 def write_frames_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """The per-frame table (``metrics/eval_frames.csv``): dataset, clip, method, frame, psnr, ssim."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["dataset", "clip", "method", "frame", "psnr", "ssim"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    fields = ["dataset", "clip", "method", "frame", "psnr", "ssim"]
+    atomic_write_csv(path, fields, ([r[f] for f in fields] for r in rows), lineterminator="\r\n")
 
 
 def write_frame_plots(folder: Path, rows: list[dict[str, Any]]) -> None:
@@ -163,12 +158,8 @@ def write_frame_plots(folder: Path, rows: list[dict[str, Any]]) -> None:
             methods[name].append(r["method"])
     with atomic_dir(folder) as tmp:
         for name, frames in table.items():
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(["frame", *methods[name]])
-            for frame in sorted(frames):
-                writer.writerow([frame, *(frames[frame].get(m, "") for m in methods[name])])
-            atomic_write_bytes(tmp / f"{name}.csv", buf.getvalue().encode())
+            body = ([frame, *(frames[frame].get(m, "") for m in methods[name])] for frame in sorted(frames))
+            atomic_write_csv(tmp / f"{name}.csv", ["frame", *methods[name]], body)
 
 
 def headline(result: dict[str, Any], meta: dict[str, Any], params: int) -> dict[str, Any]:

@@ -57,19 +57,11 @@ def write_curve_data(histories: dict[str, list[dict[str, Any]]], folder: Path) -
         histories: ``{name: history}`` (``joint``, ``branch_1`` ...), records with ``step``.
         folder: the plots folder (e.g. ``plots/train``).
     """
-    import csv
-    import io
-
-    from tanet.io.atomic import atomic_dir, atomic_write_bytes
+    from tanet.io.atomic import atomic_dir, atomic_write_csv
 
     with atomic_dir(folder) as tmp:
         for name, history in histories.items():
             for key in ("loss", "val_psnr"):
                 rows = [(int(r["step"]), float(r[key])) for r in history if key in r]
-                if not rows:
-                    continue
-                buf = io.StringIO()
-                writer = csv.writer(buf, lineterminator="\n")
-                writer.writerow(["step", key])
-                writer.writerows(rows)
-                atomic_write_bytes(tmp / f"{name}_{key}.csv", buf.getvalue().encode())
+                if rows:
+                    atomic_write_csv(tmp / f"{name}_{key}.csv", ["step", key], rows)
