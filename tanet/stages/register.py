@@ -162,8 +162,11 @@ def training_run(client: Any, meta: dict[str, Any]) -> str | None:
 
     try:
         return str(client.get_run(run_id).info.run_id)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        # Only "no such run" means another store; a server or network failure stops the stage.
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 def log_version(
