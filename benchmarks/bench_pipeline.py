@@ -28,11 +28,8 @@ from typing import Any
 import torch
 
 from tanet.config import dump_params, params_from_dict, preset_params
-from tanet.stages.degrade import run_degrade
-from tanet.stages.flow import run_flow
-from tanet.stages.ingest import run_ingest
+from tanet.stages import run_stage
 from tanet.stages.parallel import Mapper, serial_map, thread_map
-from tanet.stages.patches import run_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,27 +44,37 @@ def run_stages(preset: str, out: Path, mapper: Mapper) -> dict[str, float]:
     """Runs the four stages into ``out``; prints and returns each stage's seconds."""
     p = params_from_dict(preset_params(preset))
     sets = len(p.degrade.scales) * len(p.degrade.kinds)
-    records, t_ingest = _timed(lambda: run_ingest(p, ROOT, out / "clips", mapper))
+    records, t_ingest = _timed(lambda: run_stage("ingest", p, root=ROOT, out_dir=out / "clips", mapper=mapper))
     frames = sum(r.frames for r in records)
     pixels = sum(r.frames * r.width * r.height for r in records)
     print(
         f"ingest   {frames:6d} frames of {len(records)} clips ({pixels / frames / 1e3:.0f} kpixel/frame) "
         f"in {t_ingest:6.2f} s: {frames / t_ingest:8.1f} frames/s"
     )
-    lr, t_degrade = _timed(lambda: run_degrade(p, out / "clips", out / "lr", mapper))
+    lr, t_degrade = _timed(lambda: run_stage("degrade", p, clips_dir=out / "clips", out_dir=out / "lr", mapper=mapper))
     lr_frames = sum(lr.values())
     print(
         f"degrade  {lr_frames:6d} LR frames ({sets} set(s)) in {t_degrade:6.2f} s: {lr_frames / t_degrade:8.1f} frames/s "
         f"({frames / t_degrade:.1f} HR frames/s)"
     )
-    flows, t_flow = _timed(lambda: run_flow(p, out / "clips", out / "lr", out / "flow", mapper))
+    flows, t_flow = _timed(
+        lambda: run_stage("flow", p, clips_dir=out / "clips", lr_dir=out / "lr", out_dir=out / "flow", mapper=mapper)
+    )
     fields = sum(flows.values())
     print(
         f"flow     {lr_frames:6d} reference frames, {fields} flow fields in {t_flow:6.2f} s: "
         f"{lr_frames / t_flow:8.1f} frames/s ({fields / t_flow:.1f} flows/s)"
     )
     manifest, t_patches = _timed(
-        lambda: run_patches(p, out / "clips", out / "lr", out / "flow", out / "patches", mapper)
+        lambda: run_stage(
+            "patches",
+            p,
+            clips_dir=out / "clips",
+            lr_dir=out / "lr",
+            flow_dir=out / "flow",
+            out_dir=out / "patches",
+            mapper=mapper,
+        )
     )
     rows = int(manifest["rows"])  # type: ignore[call-overload]
     size = sum(int(s["bytes"]) for s in manifest["shards"]) / 2**20  # type: ignore[union-attr]

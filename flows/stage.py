@@ -168,6 +168,7 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
 
     from tanet.config import load_params
     from tanet.errors import TanetError
+    from tanet.stages import stage_params
     from tanet.track.tracking import stage_run
 
     spec, module = STAGES[name], stage_module(name)
@@ -176,10 +177,11 @@ def run_stage_flow(name: str, params_path: Path, kwargs: dict[str, Any], task_ru
     def call() -> Any:
         params = load_params(params_path)
         extra: dict[str, Any] = {"mapper": prefect_mapper(spec.fan_out)} if spec.fan_out else {}
+        bound = stage_params(params, module.PARAMS)  # the stage's own section and named keys
         if not spec.tracked:
-            return fn(params, **kwargs, **extra)
+            return fn(**bound, **kwargs, **extra)
         with stage_run(name, params.to_dict(), experiment=params.mlflow.experiment) as tracker:
-            return fn(params, **kwargs, **extra, tracker=tracker)
+            return fn(**bound, **kwargs, **extra, tracker=tracker)
 
     user_errors: list[TanetError] = []
 

@@ -45,11 +45,8 @@ from tanet.io.shards import (
 )
 from tanet.ops.color import rgb_to_y_uint8, to_numpy, to_tensor
 from tanet.ops.degrade import Degradation, apply_degradation
-from tanet.stages.degrade import run_degrade
-from tanet.stages.flow import run_flow
-from tanet.stages.ingest import run_ingest
+from tanet.stages import run_stage
 from tanet.stages.parallel import serial_map
-from tanet.stages.patches import run_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 HR_W, HR_H, FRAMES = 258, 195, 8  # not multiples of 2 or 4: mod-cropped to 256 x 192 (x4)
@@ -103,10 +100,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = params_dict(src)
     p = params_from_dict(data)
     out = base / "out"
-    run_ingest(p, ROOT, out / "clips")
-    run_degrade(p, out / "clips", out / "lr")
-    run_flow(p, out / "clips", out / "lr", out / "flow")
-    manifest = run_patches(p, out / "clips", out / "lr", out / "flow", out / "patches")
+    run_stage("ingest", p, root=ROOT, out_dir=out / "clips")
+    run_stage("degrade", p, clips_dir=out / "clips", out_dir=out / "lr")
+    run_stage("flow", p, clips_dir=out / "clips", lr_dir=out / "lr", out_dir=out / "flow")
+    manifest = run_stage(
+        "patches", p, clips_dir=out / "clips", lr_dir=out / "lr", flow_dir=out / "flow", out_dir=out / "patches"
+    )
     return {
         "params": p,
         "data": data,
@@ -208,7 +207,7 @@ def test_torn_flow_file_fails_patches_naming_the_clip(run: dict[str, Any], tmp_p
         load_flows(torn)
     out = tmp_path / "patches"
     with pytest.raises(TanetError, match=r"patches: clip drifting failed: .*drifting.npz: cannot read flow file"):
-        run_patches(run["params"], run["clips"], run["lr"], flow, out)
+        run_stage("patches", run["params"], clips_dir=run["clips"], lr_dir=run["lr"], flow_dir=flow, out_dir=out)
     assert not out.exists() and hidden(tmp_path) == []
 
 
@@ -296,10 +295,12 @@ def test_rows_match_an_independent_rof_computation(run: dict[str, Any], clip_id:
 
 def test_same_seed_is_byte_identical_other_seed_differs(run: dict[str, Any], tmp_path: Path) -> None:
     p = run["params"]
-    run_patches(p, run["clips"], run["lr"], run["flow"], tmp_path / "again")
+    run_stage("patches", p, clips_dir=run["clips"], lr_dir=run["lr"], flow_dir=run["flow"], out_dir=tmp_path / "again")
     assert tree_bytes(tmp_path / "again") == tree_bytes(run["patches"])
     other = params_from_dict({**run["data"], "patches": {**run["data"]["patches"], "seed": 1}})
-    m = run_patches(other, run["clips"], run["lr"], run["flow"], tmp_path / "seed1")
+    m = run_stage(
+        "patches", other, clips_dir=run["clips"], lr_dir=run["lr"], flow_dir=run["flow"], out_dir=tmp_path / "seed1"
+    )
     assert {s["file"] for s in m["shards"]} == {s["file"] for s in run["manifest"]["shards"]}
     for rec in m["shards"]:
         assert (tmp_path / "seed1" / rec["file"]).read_bytes() != (run["patches"] / rec["file"]).read_bytes()
@@ -346,7 +347,15 @@ def test_failing_mapper_keeps_the_previous_output(run: dict[str, Any], tmp_path:
         raise KeyboardInterrupt("interrupted after the first clip")
 
     with pytest.raises(KeyboardInterrupt):
-        run_patches(run["params"], run["clips"], run["lr"], run["flow"], out, crash_after_first)
+        run_stage(
+            "patches",
+            run["params"],
+            clips_dir=run["clips"],
+            lr_dir=run["lr"],
+            flow_dir=run["flow"],
+            out_dir=out,
+            mapper=crash_after_first,
+        )
     assert tree_bytes(out) == before and hidden(tmp_path) == []
 
 
@@ -354,7 +363,7 @@ KILLED_RUN = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     from tanet.config import params_from_dict
-    from tanet.stages.patches import run_patches
+    from tanet.stages import run_stage
 
     cfg = json.loads(sys.argv[1])
 
@@ -367,7 +376,16 @@ KILLED_RUN = textwrap.dedent("""
                 time.sleep(120)
         return out
 
-    run_patches(params_from_dict(cfg["params"]), *(Path(cfg[k]) for k in ("clips", "lr", "flow", "out")), slow)
+    paths = {k: Path(cfg[k]) for k in ("clips", "lr", "flow", "out")}
+    run_stage(
+        "patches",
+        params_from_dict(cfg["params"]),
+        clips_dir=paths["clips"],
+        lr_dir=paths["lr"],
+        flow_dir=paths["flow"],
+        out_dir=paths["out"],
+        mapper=slow,
+    )
 """)
 
 
@@ -410,7 +428,9 @@ def test_sigkill_mid_write_leaves_previous_or_nothing(run: dict[str, Any], tmp_p
         assert not out.exists()  # no output at all, never a partial folder under the final name
     # A re-run writes complete, verified shards and removes the killed run's hidden
     # temporary folder (its name carries the dead writer's pid and start time).
-    manifest = run_patches(run["params"], run["clips"], run["lr"], run["flow"], out)
+    manifest = run_stage(
+        "patches", run["params"], clips_dir=run["clips"], lr_dir=run["lr"], flow_dir=run["flow"], out_dir=out
+    )
     assert not [d.name for d in tmp_path.iterdir() if d.name.startswith(".patches.")]
     assert tree_bytes(out) == tree_bytes(run["patches"])
     PatchLoader(out, 4)  # verifies every shard's sha256
@@ -456,13 +476,15 @@ def test_clips_at_ingests_minimum_size_pass_every_data_stage(tmp_path: Path) -> 
     data["ingest"]["val_clips"] = ["square"]
     p = params_from_dict(data)
     out = tmp_path / "out"
-    records = run_ingest(p, ROOT, out / "clips")
+    records = run_stage("ingest", p, root=ROOT, out_dir=out / "clips")
     assert sorted(r.clip_id for r in records) == ["column", "moving", "square", "strip"]
-    run_degrade(p, out / "clips", out / "lr")
-    run_flow(p, out / "clips", out / "lr", out / "flow")
+    run_stage("degrade", p, clips_dir=out / "clips", out_dir=out / "lr")
+    run_stage("flow", p, clips_dir=out / "clips", lr_dir=out / "lr", out_dir=out / "flow")
     lr_hw = {"square": (8, 8), "strip": (8, 128), "column": (64, 8)}  # x4 LR (h, w)
     for clip, hw in lr_hw.items():
         flows = load_flows(out / "flow" / "x4_BI" / f"{clip}.npz")["flow"]
         assert flows.shape[-3:] == (*hw, 2) and np.isfinite(flows).all(), (clip, flows.shape)
-    manifest = run_patches(p, out / "clips", out / "lr", out / "flow", out / "patches")
+    manifest = run_stage(
+        "patches", p, clips_dir=out / "clips", lr_dir=out / "lr", flow_dir=out / "flow", out_dir=out / "patches"
+    )
     assert manifest["rows"] > 0

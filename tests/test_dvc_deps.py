@@ -1,8 +1,8 @@
 """``dvc.yaml``'s code deps are exactly the files each stage's code imports.
 
-A stage runs ``flows/stage.py`` (with ``flows/common.py``) over ``tanet/stages/<stage>.py``;
-its code deps are those two and every ``tanet`` module that the stage module and
-``tanet/config.py`` import, directly or not, at module level or inside functions (static:
+A stage runs ``flows/stage.py`` (with ``flows/common.py``) over ``tanet/stages/<stage>.py``,
+binding its params with ``tanet/stages/__init__.py``; its code deps are those and every
+``tanet`` module that the stage module and ``tanet/config.py`` import, directly or not, at module level or inside functions (static:
 the import statements). The flows' own imports are not followed: ``flows/stage.py`` imports
 each stage's code by name, and the tracking plumbing of ``flows/common.py`` does not decide
 what a stage writes. Left out on
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HELPERS = {"tanet/errors.py", "tanet/io/atomic.py", "tanet/stages/parallel.py"}
 # ``sources`` is always_changed (it runs every time), so it declares no code deps.
 ENTRY = {
-    s: ["flows/stage.py", "flows/common.py", f"tanet/stages/{s}.py"]
+    s: ["flows/stage.py", "flows/common.py", "tanet/stages/__init__.py", f"tanet/stages/{s}.py"]
     for s in ("ingest", "degrade", "flow", "patches", "pretrain", "train", "evaluate", "register", "sample")
 }
 

@@ -32,8 +32,8 @@ from tanet.data.sources import Source, discover_sources, is_val_clip
 from tanet.errors import ConfigError, InputError, TanetError
 from tanet.io.clips import CLIPS_MANIFEST, QUARANTINE, lr_set_name, read_manifest, read_quarantine
 from tanet.io.frames import list_frames, read_rgb, write_rgb
-from tanet.stages.degrade import run_degrade
-from tanet.stages.ingest import ingest_one, run_ingest
+from tanet.stages import run_stage
+from tanet.stages.ingest import ingest_one
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = mf.SIZE  # 64 x 48
@@ -126,14 +126,14 @@ def ingested(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = [v[0] for v in USABLE.values()] + [v[0].split("/")[0] for v in UNUSABLE.values()]
     names[0] = str(media / names[0])  # an absolute path works too
     out = tmp_path_factory.mktemp("run") / "clips"
-    run_ingest(ingest_params(names), media, out)
+    run_stage("ingest", ingest_params(names), root=media, out_dir=out)
     return out
 
 
 @pytest.fixture(scope="module")
 def degraded(ingested: Path) -> Path:
     out = ingested.parent / "lr"
-    run_degrade(ingest_params([]), ingested, out)
+    run_stage("degrade", ingest_params([]), clips_dir=ingested, out_dir=out)
     return out
 
 
@@ -265,13 +265,13 @@ def test_nothing_usable_is_a_clear_error_and_keeps_earlier_output(media: Path, t
     bad = [str(media / "empty.mp4"), str(media / "text.mp4"), str(media / "short.mp4")]
     out = tmp_path / "clips"
     with pytest.raises(TanetError, match=r"no usable clip among 3 source\(s\): .*empty.mp4: file is empty"):
-        run_ingest(ingest_params(bad), ROOT, out)
+        run_stage("ingest", ingest_params(bad), root=ROOT, out_dir=out)
     assert not out.exists() and hidden(tmp_path) == []
     # An earlier complete output is left exactly as it was.
-    run_ingest(ingest_params([str(media / "good.mp4"), str(media / "val.mp4")]), ROOT, out)
+    run_stage("ingest", ingest_params([str(media / "good.mp4"), str(media / "val.mp4")]), root=ROOT, out_dir=out)
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     with pytest.raises(TanetError, match="no usable clip"):
-        run_ingest(ingest_params(bad), ROOT, out)
+        run_stage("ingest", ingest_params(bad), root=ROOT, out_dir=out)
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
     assert hidden(tmp_path) == []
 
@@ -279,7 +279,7 @@ def test_nothing_usable_is_a_clear_error_and_keeps_earlier_output(media: Path, t
 def test_unusable_validation_clip_is_an_error(media: Path, tmp_path: Path) -> None:
     paths = [str(media / "good.mp4"), str(media / "short.mp4")]
     with pytest.raises(TanetError, match=r"no validation clip: none of ingest.val_clips \['short'\] is usable"):
-        run_ingest(ingest_params(paths, val=("short",)), ROOT, tmp_path / "clips")
+        run_stage("ingest", ingest_params(paths, val=("short",)), root=ROOT, out_dir=tmp_path / "clips")
     assert not (tmp_path / "clips").exists()
 
 
@@ -288,7 +288,7 @@ def test_include_shared_train_with_a_missing_folder_names_the_key(tmp_path: Path
     with pytest.raises(
         ConfigError, match=r"ingest.include_shared_train is on but ingest.shared_train_dir .*no/such/dir"
     ):
-        run_ingest(params, tmp_path, tmp_path / "clips")
+        run_stage("ingest", params, root=tmp_path, out_dir=tmp_path / "clips")
     assert not (tmp_path / "clips").exists()
 
 
@@ -305,7 +305,7 @@ def test_params_that_no_clip_could_satisfy_fail_before_decoding(
 ) -> None:
     params = ingest_params([str(media / "good.mp4"), str(media / "val.mp4")], **{key: value})
     with pytest.raises(ConfigError, match=message):
-        run_ingest(params, ROOT, tmp_path / "clips")
+        run_stage("ingest", params, root=ROOT, out_dir=tmp_path / "clips")
     assert not (tmp_path / "clips").exists()
 
 

@@ -45,6 +45,11 @@ def test_a_candidate_below_bicubic_never_becomes_champion(tmp_path: Path, mlflow
     record = register_model(make_model_dir(tmp_path / "m", seed=1), ev, **kw)
     assert record["aliases"] == ["candidate"] and record["champion_version"] is None
     assert "does not beat bicubic 31.0800" in record["decision"]
+    import mlflow  # the decision is on the version itself: its tag and its card's last section
+
+    version = mlflow.MlflowClient().get_model_version("tanet", record["version"])
+    assert version.tags["tanet.gate"] == f"kept as @candidate: {record['decision']}"
+    assert version.description.endswith(f"## Champion gate\n\nkept as @candidate: {record['decision']}\n")
     assert not champion_decision({"heldout_BIx4": 14.70}, None, 0.0, None)[0]  # no bicubic figure: never
 
 
@@ -59,6 +64,7 @@ def test_register_moves_champion_only_when_beaten(tmp_path: Path, mlflow_store: 
     better = register_model(make_model_dir(tmp_path / "m3", seed=3), _eval("heldout_BIx4", 31.0), **kw)
     assert "champion" in better["aliases"]
     client = mlflow.MlflowClient()
+    assert client.get_model_version("tanet", "3").tags["tanet.gate"].startswith("promoted to @champion: heldout_BIx4")
     assert str(client.get_model_version_by_alias("tanet", "champion").version) == "3"
     assert str(client.get_model_version_by_alias("tanet", "candidate").version) == "3"
     tags = client.get_model_version("tanet", "3").tags

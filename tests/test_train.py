@@ -36,8 +36,9 @@ from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, BranchModel, write_model
 from tanet.models import VSRNet, tanet_s
 from tanet.models.san import SANConfig
 from tanet.ops.rof import shift_crop
+from tanet.stages import stage_params
 from tanet.stages.pretrain import inflate_branch1
-from tanet.stages.train import pretrained_init, train_metrics
+from tanet.stages.train import SETUP_PARAMS, TrainingSetup, pretrained_init, train_metrics
 from tanet.train.augment import apply_dihedral, augment
 from tanet.train.checkpoint import (
     CKPT_META,
@@ -66,17 +67,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="session")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The data stages of the tiny preset: clips, LR, flow, patches."""
-    from tanet.stages.degrade import run_degrade
-    from tanet.stages.flow import run_flow
-    from tanet.stages.ingest import run_ingest
-    from tanet.stages.patches import run_patches
+    from tanet.stages import run_stage
 
     d = tmp_path_factory.mktemp("train_data")
     p = params_from_dict(preset_params("tiny", DATA_OVERRIDES))
-    run_ingest(p, Path(__file__).resolve().parents[1], d / "clips")
-    run_degrade(p, d / "clips", d / "lr")
-    run_flow(p, d / "clips", d / "lr", d / "flow")
-    run_patches(p, d / "clips", d / "lr", d / "flow", d / "patches")
+    run_stage("ingest", p, root=Path(__file__).resolve().parents[1], out_dir=d / "clips")
+    run_stage("degrade", p, clips_dir=d / "clips", out_dir=d / "lr")
+    run_stage("flow", p, clips_dir=d / "clips", lr_dir=d / "lr", out_dir=d / "flow")
+    run_stage("patches", p, clips_dir=d / "clips", lr_dir=d / "lr", flow_dir=d / "flow", out_dir=d / "patches")
     return d
 
 
@@ -85,6 +83,11 @@ def params_file(path: Path, **overrides: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_params(preset_params("tiny", {**DATA_OVERRIDES, **overrides})))
     return path
+
+
+def setup_of(params: Params) -> TrainingSetup:
+    """The training stages' shared setup, bound from params as the stages bind it."""
+    return TrainingSetup(**stage_params(params, SETUP_PARAMS))
 
 
 def load(path: Path) -> Params:
@@ -297,16 +300,16 @@ def test_pretrain_grows_branches_from_branch1_and_needs_it_first(tmp_path: Path)
 
     params = params_from_dict(preset_params("tiny"))
     assert params.pretrain.init_from_branch1
-    assert branch1_init(params, 1, tmp_path) is None
+    assert branch1_init(params.pretrain, params.model, 1, tmp_path) is None
     with pytest.raises(TanetError, match="pretrain branch 1 first"):
-        branch1_init(params, 2, tmp_path)
+        branch1_init(params.pretrain, params.model, 2, tmp_path)
     torch.manual_seed(0)
     b1 = BranchModel(params.model, 1)
     write_model_dir(tmp_path / "branch_1", b1, Job("branch", 1, params.model, params.pretrain), {}, [])
-    init = branch1_init(params, 2, tmp_path)
+    init = branch1_init(params.pretrain, params.model, 2, tmp_path)
     assert init is not None and init["branch.net.body.0.weight"].shape[1] == 3 * params.model.channels
     off = params_from_dict(preset_params("tiny", {"pretrain.init_from_branch1": False}))
-    assert branch1_init(off, 2, tmp_path) is None
+    assert branch1_init(off.pretrain, off.model, 2, tmp_path) is None
 
 
 def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None:
@@ -319,7 +322,7 @@ def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None
         write_model_dir(tmp_path / f"branch_{i}", b, Job("branch", i, cfg, params.pretrain), {}, [])
         branches.append(b.eval())
     net = VSRNet(cfg).eval()
-    load_init(net, pretrained_init(params, tmp_path))
+    load_init(net, pretrained_init(n, tmp_path))
     x = torch.rand(2, cfg.num_frames, cfg.channels, 12, 12, generator=torch.Generator().manual_seed(0))
     tail = net.tanet.modulation.net.tail
     r2 = cfg.scale**2
@@ -333,7 +336,7 @@ def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None
         load_init(net, {"tanet.branch.0.net.tail.weight": torch.zeros(1)})
     (tmp_path / "branch_2" / CKPT_WEIGHTS).unlink()
     with pytest.raises(TanetError, match="pretrained branch missing"):
-        pretrained_init(params, tmp_path)
+        pretrained_init(n, tmp_path)
 
 
 def test_train_metrics_shape(tmp_path: Path) -> None:
@@ -365,7 +368,7 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path:
     from tanet.stages.pretrain import branch_job
 
     params = load(params_file(tmp_path / "params.yaml", **{"pretrain.steps": 6, "pretrain.checkpoint_every": 2}))
-    job = branch_job(params, 1)
+    job = branch_job(params.pretrain, setup_of(params), 1)
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
 
     def first_step(j: Job, stop_after: int) -> int:
@@ -739,19 +742,26 @@ def test_tiny_fine_tunes_from_the_shipped_tanet_s(data: Path, tmp_path: Path) ->
 
     from tanet.infer.shipped import shipped_dir
     from tanet.io.clips import DataDirs
-    from tanet.stages.pretrain import run_pretrain
-    from tanet.stages.train import shipped_init, train_joint
+    from tanet.stages import run_stage
+    from tanet.stages.train import shipped_init
     from tanet.track.tracking import Tracker
 
     with pytest.raises(TanetError, match=r"model\.branch\.global_residual \(False vs True\)"):
-        shipped_init(load(params_file(tmp_path / "plain.yaml", **{"train.init": "tanet-s"})))
+        shipped_init(setup_of(load(params_file(tmp_path / "plain.yaml", **{"train.init": "tanet-s"}))))
     over = {"train.init": "tanet-s", "model.branch.global_residual": True, "train.steps": 1}
     params = load(params_file(tmp_path / "params.yaml", **over, **{"train.lr": 1e-12, "train.lr_min": 0.0}))
     shipped = load_file(str(shipped_dir("tanet-s") / "model.safetensors"))
     dirs = DataDirs(data / "clips", data / "lr", data / "flow", data / "patches")
     plots = tmp_path / "plots"
-    result = run_pretrain(
-        params, dirs, tmp_path / "pretrain", tmp_path / "pretrain.json", tmp_path / "ckpt", plots, tracker=Tracker()
+    result = run_stage(
+        "pretrain",
+        params,
+        dirs=dirs,
+        out=tmp_path / "pretrain",
+        metrics=tmp_path / "pretrain.json",
+        checkpoints=tmp_path / "ckpt",
+        plots=plots,
+        tracker=Tracker(),
     )
     assert sorted(result) == ["branch_1", "branch_2", "branch_3"]
     # Each branch's figure as a DVC data plot (step, val_psnr): here the one measured at step 0.
@@ -768,7 +778,18 @@ def test_tiny_fine_tunes_from_the_shipped_tanet_s(data: Path, tmp_path: Path) ->
         weights = load_file(str(tmp_path / "pretrain" / f"branch_{i}" / "model.safetensors"))
         prefix = f"tanet.branches.{i - 1}."
         assert weights and all(torch.equal(v, shipped[prefix + k.removeprefix("branch.")]) for k, v in weights.items())
-    train_joint(params, dirs, tmp_path / "pretrain", tmp_path / "joint", tmp_path / "ckpt", device=CPU)
+    run_stage(
+        "train",
+        params,
+        dirs=dirs,
+        pretrain=tmp_path / "pretrain",
+        out=tmp_path / "joint",
+        metrics=None,
+        checkpoints=tmp_path / "ckpt",
+        plots=None,
+        tracker=Tracker(),
+        device=CPU,
+    )
     tuned = load_file(str(tmp_path / "joint" / "model.safetensors"))
     assert tuned.keys() == shipped.keys()
     for k, v in shipped.items():  # one step at lr 1e-12: still tanet-s, to float precision

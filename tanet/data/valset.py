@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tanet.config import Params
 from tanet.errors import TanetError
 from tanet.io.clips import load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
+from tanet.models.vsr import ModelConfig
 from tanet.ops.color import planes
+from tanet.ops.degrade import DegradationKind
 from tanet.ops.rof import apply_block_shifts, block_shifts, neighbour_offsets, window_indices
 
 
@@ -56,11 +57,27 @@ def window(clip: ValClip, t: int, num_frames: int, aligned: bool) -> np.ndarray:
 
 
 def load_val_clips(
-    params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path | None, val_frames: int
+    clips_dir: Path,
+    lr_dir: Path,
+    flow_dir: Path | None,
+    *,
+    model: ModelConfig,
+    degradation: DegradationKind,
+    block: int,
+    val_frames: int,
 ) -> list[ValClip]:
-    """Loads every validation clip of the manifest for the model's scale and degradation."""
-    model = params.model
-    name = lr_set_name(model.scale, params.patches.degradation)
+    """Loads every validation clip of the manifest for the model's scale and degradation.
+
+    Args:
+        clips_dir: the ingest stage's output.
+        lr_dir: the degrade stage's output.
+        flow_dir: the flow stage's output (None: no ROF shifts).
+        model: the network (scale, colour, number of branches).
+        degradation: ``patches.degradation``, the LR set the model trains on.
+        block: ROF block side of the shifts (``patches.patch_size``, as in training).
+        val_frames: frames evaluated per clip (0: all).
+    """
+    name = lr_set_name(model.scale, degradation)
     r = model.scale
     out = []
     for rec in read_manifest(clips_dir):
@@ -71,7 +88,7 @@ def load_val_clips(
         hr_files = list_frames(clips_dir / rec.clip_id)
         h, w = lr.shape[-2:]
         hr_y = np.stack([planes(read_rgb(hr_files[t]), 1)[0, : r * h, : r * w] for t in frames])
-        shifts, block = None, params.patches.patch_size
+        shifts = None
         if flow_dir is not None:
             flows = load_flows(flow_dir / name / f"{rec.clip_id}.npz")
             if not np.array_equal(flows["offsets"], neighbour_offsets(model.num_branches)):

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tanet.config import Params
 from tanet.errors import InputError
 from tanet.infer.upscaler import StandaloneBranch, Upscaler, edge_window, weight_map_image
 from tanet.io.atomic import atomic_write_bytes
@@ -47,7 +46,7 @@ from tanet.io.model_files import load_model_dir
 from tanet.io.video import lanczos_upscale
 from tanet.models.vsr import Alignment, VSRNet
 from tanet.ops.color import to_tensor
-from tanet.ops.degrade import Degradation, apply_degradation, imresize, mod_crop
+from tanet.ops.degrade import Degradation, DegradationKind, apply_degradation, imresize, mod_crop
 from tanet.ops.metrics import clip_motion, temporal_flicker, y_psnr_ssim
 from tanet.ops.optical_flow import DisPreset, FlowMethod
 
@@ -95,9 +94,11 @@ def vid4_reference_clips(vid4_dir: Path, deg: Degradation, max_frames: int) -> I
         yield EvalClip(f"vid4ref_{deg.kind}x{deg.scale}", clip_dir.name, [read_rgb(f) for f in lr_files], gt)
 
 
-def heldout_clips(params: Params, clips_dir: Path, lr_dir: Path, max_frames: int) -> Iterator[EvalClip]:
-    """The manifest's validation clips (LR from the degrade stage)."""
-    r, kind = params.model.scale, params.patches.degradation
+def heldout_clips(
+    clips_dir: Path, lr_dir: Path, scale: int, kind: DegradationKind, max_frames: int
+) -> Iterator[EvalClip]:
+    """The manifest's validation clips (LR from the degrade stage's ``x<scale>_<kind>`` set)."""
+    r = scale
     for rec in read_manifest(clips_dir):
         if rec.split != "val":
             continue

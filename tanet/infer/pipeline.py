@@ -284,117 +284,47 @@ def upscale_video(
     Returns:
         An :class:`UpscaleReport`.
     """
-    # Long on purpose: one streaming pipeline (decode thread, network, encoder) whose threads,
-    # ffmpeg processes and temporary output share one try/finally, so an error or a signal anywhere
-    # releases all of them.
     input_path, output_path = Path(input_path), Path(output_path)
-    if compile not in ("auto", "on", "off"):
-        raise ValueError(f"compile must be auto, on or off, got {compile!r}")
-    if tile < 0:
-        raise ConfigError(f"--tile {tile}: the LR tile side must be >= 0 (0: whole frames)")
-    if max_frames is not None and max_frames < 1:
-        raise ConfigError(f"--max-frames {max_frames}: must be >= 1 (omit it for every frame)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TanetError("--device cuda: CUDA is not available on this machine")
-    if preset == "auto":
-        preset = "veryfast" if device == "cuda" else "superfast"
-    reader = open_video(input_path, max_frames=max_frames)
-    info = reader.info
-    if getattr(info, "variable_frame_rate", None):
-        reader.close()
-        raise InputError(
-            input_path,
-            "variable frame rate input is not supported: convert it to a constant rate first "
-            "(ffmpeg -i IN -fps_mode cfr OUT) so every frame keeps its time",
-        )
-    interlaced = getattr(info, "field_order", None)
-    if interlaced:
-        # Each stored frame weaves two fields captured 1/(2 fps) apart; the network, trained
-        # on progressive video, upscales the combing with the picture. Kept as stored (no
-        # silent change of frame count or rate), said in the log and the report.
-        log.warning(
-            "%s: interlaced input (%s): frames are upscaled as stored, combing included; "
-            "deinterlace first for a clean result (ffmpeg -i IN -vf bwdif OUT)",
-            input_path,
-            interlaced,
-        )
+    device, preset = _check_settings(compile, tile, max_frames, device, preset)
     _check_distinct(input_path, output_path, weights_video)
     _check_output(output_path, overwrite)
     if weights_video is not None:
         _check_output(Path(weights_video), overwrite)
-    model_dir = resolve_model(str(model) if model is not None else None, root)
-    net, meta = load_model_dir(model_dir, "cpu")
-    total = info.num_frames
-    if total is None and input_path.is_file():
-        try:
-            total = count_frames(input_path)
-        except Exception:  # noqa: BLE001 - only the progress bar's ETA and compile=auto need it
-            total = None
-    if max_frames is not None and total is not None:
-        total = min(total, max_frames)
-    use_compile = compile == "on" or (compile == "auto" and total is not None and total >= COMPILE_AUTO_FRAMES)
-    upscaler: Upscaler = load_upscaler(
-        net, device=device, precision=precision, tile=tile, compile=use_compile, **flow_settings(meta)
-    )
-    r = upscaler.scale
-    out_w, out_h = r * info.width, r * info.height
-    video_out = not _is_folder_target(output_path)
-    has_audio = bool(getattr(info, "has_audio", False)) and video_out
-    writer: Any
-    if video_out:
-        duration = (total / float(info.fps)) if (max_frames is not None and total) else None
-        writer = VideoWriter(
-            output_path,
-            out_w,
-            out_h,
-            info.fps,
-            audio_from=input_path if has_audio else None,
-            codec=codec,
-            crf=crf,
-            preset=preset,
-            lossless=lossless,
-            color=info.color if hasattr(info, "color") else None,
-            sample_aspect_ratio=getattr(info, "sample_aspect_ratio", None),
-            overwrite=overwrite,
-            audio_duration=duration,
-        )
-    else:
-        writer = FrameFolderWriter(output_path, out_w, out_h, overwrite=overwrite)
-    wwriter = VideoWriter(weights_video, out_w, out_h, info.fps, overwrite=overwrite) if weights_video else None
-    bar = Progress(total, progress)
-    stop = threading.Event()
-    q_in: queue.Queue[Any] = queue.Queue(maxsize=8)
-    q_out: queue.Queue[Any] = queue.Queue(maxsize=8)
+    net, meta = load_model_dir(resolve_model(str(model) if model is not None else None, root), "cpu")
     start = time.perf_counter()
-    written = 0
-    first_at = last_at = start
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # whatever is open when anything fails is closed (outputs dropped)
+        reader = open_video(input_path, max_frames=max_frames)
         stack.enter_context(reader)
-        stack.enter_context(writer)
-        if wwriter is not None:
-            stack.enter_context(wwriter)
-        decoder = threading.Thread(target=_pump, args=(iter(reader), q_in, stop), daemon=True, name="decode")
-        # Colour conversion happens on this (the writing) thread, beside the network's.
-        results = upscaler.network_frames(_drain(q_in), want_weights=wwriter is not None)
-        model_thread = threading.Thread(target=_pump, args=(results, q_out, stop), daemon=True, name="model")
-        decoder.start()
-        model_thread.start()
-        try:
-            for out, centre in _drain(q_out):
-                writer.write(upscaler.to_rgb(out["sr"], centre))
-                if wwriter is not None:
-                    wwriter.write(weight_map_image(out["weights"].cpu().numpy()))
-                written += 1
-                last_at = time.perf_counter()
-                if written == 1:
-                    first_at = last_at
-                bar.update(written)
-        finally:
-            stop.set()
-            decoder.join()
-            model_thread.join()
+        info = reader.info
+        interlaced = _check_input(input_path, info)
+        total = _frame_total(input_path, info, max_frames)
+        use_compile = compile == "on" or (compile == "auto" and total is not None and total >= COMPILE_AUTO_FRAMES)
+        upscaler: Upscaler = load_upscaler(
+            net, device=device, precision=precision, tile=tile, compile=use_compile, **flow_settings(meta)
+        )
+        r = upscaler.scale
+        out_w, out_h = r * info.width, r * info.height
+        has_audio = bool(getattr(info, "has_audio", False)) and not _is_folder_target(output_path)
+        writer = stack.enter_context(
+            _open_writer(
+                output_path,
+                info,
+                out_w,
+                out_h,
+                audio_from=input_path if has_audio else None,
+                audio_duration=(total / float(info.fps)) if (max_frames is not None and total) else None,
+                codec=codec,
+                crf=crf,
+                preset=preset,
+                lossless=lossless,
+                overwrite=overwrite,
+            )
+        )
+        wwriter = None
+        if weights_video:
+            wwriter = stack.enter_context(VideoWriter(weights_video, out_w, out_h, info.fps, overwrite=overwrite))
+        bar = Progress(total, progress)
+        written, first_at, last_at = _stream(reader, writer, wwriter, upscaler, bar)
         if written != reader.frames_read:
             raise TanetError(f"{input_path}: {reader.frames_read} frames decoded but {written} written")
     bar.update(written, final=True)
@@ -411,6 +341,123 @@ def upscale_video(
     steady = (written - 1) / (last_at - first_at) if written > 1 and last_at > first_at else 0.0
     return UpscaleReport(
         str(input_path), str(output_path), written, secs, written / max(secs, 1e-9), r, has_audio, steady, interlaced
+    )
+
+
+def _check_input(path: Path, info: Any) -> str | None:
+    """Refuses variable frame rate; warns about interlacing (returned: the field order, or None)."""
+    if getattr(info, "variable_frame_rate", None):
+        raise InputError(
+            path,
+            "variable frame rate input is not supported: convert it to a constant rate first "
+            "(ffmpeg -i IN -fps_mode cfr OUT) so every frame keeps its time",
+        )
+    interlaced = getattr(info, "field_order", None)
+    if interlaced:
+        # Each stored frame weaves two fields captured 1/(2 fps) apart; the network, trained
+        # on progressive video, upscales the combing with the picture. Kept as stored (no
+        # silent change of frame count or rate), said in the log and the report.
+        log.warning(
+            "%s: interlaced input (%s): frames are upscaled as stored, combing included; "
+            "deinterlace first for a clean result (ffmpeg -i IN -vf bwdif OUT)",
+            path,
+            interlaced,
+        )
+    return interlaced
+
+
+def _frame_total(path: Path, info: Any, max_frames: int | None) -> int | None:
+    """Frames that will be upscaled, when known (the progress bar's ETA and ``compile=auto``)."""
+    total = info.num_frames
+    if total is None and path.is_file():
+        try:
+            total = count_frames(path)
+        except Exception:  # noqa: BLE001 - only the progress bar's ETA and compile=auto need it
+            total = None
+    if max_frames is not None and total is not None:
+        total = min(total, max_frames)
+    return total
+
+
+def _stream(reader: Any, writer: Any, wwriter: Any, upscaler: Upscaler, bar: Progress) -> tuple[int, float, float]:
+    """Decoder thread -> network thread -> this thread's encoder; returns (frames written, first
+    and last write times). Both threads are stopped and joined whatever happens here."""
+    stop = threading.Event()
+    q_in: queue.Queue[Any] = queue.Queue(maxsize=8)
+    q_out: queue.Queue[Any] = queue.Queue(maxsize=8)
+    written = 0
+    first_at = last_at = time.perf_counter()
+    decoder = threading.Thread(target=_pump, args=(iter(reader), q_in, stop), daemon=True, name="decode")
+    # Colour conversion happens on this (the writing) thread, beside the network's.
+    results = upscaler.network_frames(_drain(q_in), want_weights=wwriter is not None)
+    model_thread = threading.Thread(target=_pump, args=(results, q_out, stop), daemon=True, name="model")
+    decoder.start()
+    model_thread.start()
+    try:
+        for out, centre in _drain(q_out):
+            writer.write(upscaler.to_rgb(out["sr"], centre))
+            if wwriter is not None:
+                wwriter.write(weight_map_image(out["weights"].cpu().numpy()))
+            written += 1
+            last_at = time.perf_counter()
+            if written == 1:
+                first_at = last_at
+            bar.update(written)
+    finally:
+        stop.set()
+        decoder.join()
+        model_thread.join()
+    return written, first_at, last_at
+
+
+def _check_settings(compile: str, tile: int, max_frames: int | None, device: str, preset: str) -> tuple[str, str]:
+    """Refuses bad settings before anything is opened; returns the resolved device and preset."""
+    if compile not in ("auto", "on", "off"):
+        raise ValueError(f"compile must be auto, on or off, got {compile!r}")
+    if tile < 0:
+        raise ConfigError(f"--tile {tile}: the LR tile side must be >= 0 (0: whole frames)")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames {max_frames}: must be >= 1 (omit it for every frame)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TanetError("--device cuda: CUDA is not available on this machine")
+    if preset == "auto":
+        preset = "veryfast" if device == "cuda" else "superfast"
+    return device, preset
+
+
+def _open_writer(
+    output_path: Path,
+    info: Any,
+    width: int,
+    height: int,
+    *,
+    audio_from: Path | None,
+    audio_duration: float | None,
+    codec: str,
+    crf: int,
+    preset: str,
+    lossless: bool,
+    overwrite: bool,
+) -> Any:
+    """The output: a video file keeping the input's colour, aspect and audio, or a frame folder."""
+    if _is_folder_target(output_path):
+        return FrameFolderWriter(output_path, width, height, overwrite=overwrite)
+    return VideoWriter(
+        output_path,
+        width,
+        height,
+        info.fps,
+        audio_from=audio_from,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        lossless=lossless,
+        color=info.color if hasattr(info, "color") else None,
+        sample_aspect_ratio=getattr(info, "sample_aspect_ratio", None),
+        overwrite=overwrite,
+        audio_duration=audio_duration,
     )
 
 

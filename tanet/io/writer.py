@@ -4,6 +4,9 @@ The writer encodes to a temporary name beside the target and renames it only aft
 exits 0; colour tags follow the source (or BT.709 limited range by default); a codec that
 the container cannot hold is refused before anything runs. Frame folders are written as
 ``NNNNNNNN.png`` under a temporary sibling folder swapped in whole.
+
+One module on purpose (≈ 510 lines): the encoder settings, the mux plan and the writer that
+applies them are one contract with ffmpeg, tested together (``tests/test_video.py``).
 """
 
 from __future__ import annotations

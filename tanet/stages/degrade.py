@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tanet.config import Params
+from tanet.config import DegradeParams
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_dir, atomic_write_json
 from tanet.io.clips import lr_set_name, read_manifest
@@ -18,12 +18,14 @@ from tanet.ops.color import to_numpy, to_tensor
 from tanet.ops.degrade import Degradation, DegradationKind, apply_degradation
 from tanet.stages.parallel import Mapper, serial_map
 
+PARAMS = {"degrade": "degrade"}
 
-def run_degrade(params: Params, clips_dir: Path, out_dir: Path, mapper: Mapper = serial_map) -> dict[str, int]:
+
+def run_degrade(degrade: DegradeParams, clips_dir: Path, out_dir: Path, mapper: Mapper = serial_map) -> dict[str, int]:
     """Degrades every clip for every configured (scale, kind).
 
     Args:
-        params: pipeline params (``degrade`` section).
+        degrade: the ``degrade`` section.
         clips_dir: the ingest stage's output.
         out_dir: this stage's output folder (replaced whole on success).
         mapper: fan-out over (clip, scale, kind) jobs.
@@ -31,9 +33,8 @@ def run_degrade(params: Params, clips_dir: Path, out_dir: Path, mapper: Mapper =
     Returns:
         Frames written per LR set.
     """
-    dp = params.degrade
     clips = read_manifest(clips_dir)
-    jobs = [(c.clip_id, s, k) for s in dp.scales for k in dp.kinds for c in clips]
+    jobs = [(c.clip_id, s, k) for s in degrade.scales for k in degrade.kinds for c in clips]
     with atomic_dir(out_dir) as tmp:
 
         def run(job: tuple[str, int, DegradationKind]) -> int:
@@ -43,8 +44,8 @@ def run_degrade(params: Params, clips_dir: Path, out_dir: Path, mapper: Mapper =
                 tmp / lr_set_name(scale, kind) / clip_id,
                 kind,
                 scale,
-                sigma=dp.bd_sigma,
-                kernel_size=dp.bd_kernel_size,
+                sigma=degrade.bd_sigma,
+                kernel_size=degrade.bd_kernel_size,
             )
 
         results = mapper(run, jobs, [f"{lr_set_name(s, k)}/{c}" for c, s, k in jobs])

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tanet.config import Params
+from tanet.config import EvaluateParams
 from tanet.errors import TanetError
 from tanet.infer.evaluation import (
     EvalClip,
@@ -27,17 +27,34 @@ from tanet.io.markdown import markdown_table
 from tanet.io.model_files import load_model_dir
 from tanet.models.cost import count_parameters
 from tanet.models.vsr import VSRNet
-from tanet.ops.degrade import Degradation
+from tanet.ops.degrade import Degradation, DegradationKind
+from tanet.ops.optical_flow import DisPreset, FlowMethod
 from tanet.track.tracking import Tracker
 from tanet.train.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 
 REPORT_KEY = "evaluation"  # the Prefect artifact holding markdown_report's table
+PARAMS = {
+    "evaluate": "evaluate",
+    "scale": "model.scale",
+    "degradation": "patches.degradation",
+    "flow_method": "flow.method",
+    "dis_preset": "flow.dis_preset",
+    "bd_sigma": "degrade.bd_sigma",
+    "bd_kernel_size": "degrade.bd_kernel_size",
+}
 
 
 def run_evaluate(
-    params: Params,
+    evaluate: EvaluateParams,
+    *,
+    scale: int,
+    degradation: DegradationKind,
+    flow_method: FlowMethod,
+    dis_preset: DisPreset,
+    bd_sigma: float,
+    bd_kernel_size: int,
     root: Path,
     model_dir: Path,
     pretrain_dir: Path | None,
@@ -54,7 +71,12 @@ def run_evaluate(
     """Evaluates the joint model, its branches and bicubic on every available dataset.
 
     Args:
-        params: pipeline params (``evaluate`` section, model and degradation).
+        evaluate: the ``evaluate`` section.
+        scale: ``model.scale``, the held-out LR set's factor.
+        degradation: ``patches.degradation``, the held-out LR set's operator (and Vid4's,
+            unless the model says otherwise).
+        flow_method, dis_preset: ``flow.method`` and ``flow.dis_preset``, for ROF at inference.
+        bd_sigma, bd_kernel_size: ``degrade.bd_sigma`` and ``degrade.bd_kernel_size`` (Vid4 BD).
         root: repo root (``evaluate.vid4_dir`` is relative to it).
         model_dir: the train stage's model folder.
         pretrain_dir: the pretrain stage's folder (standalone branches), or None.
@@ -71,19 +93,19 @@ def run_evaluate(
     Returns:
         The ``eval.json`` content.
     """
-    ep = params.evaluate
+    ep = evaluate
     device = resolve_device(device) if device == "auto" else torch.device(device)
     joint, meta = load_model_dir(model_dir, device)
     if not isinstance(joint, VSRNet):
         raise TanetError(f"{model_dir}: expected a joint model, found a {meta['kind']}")
-    kind, scale = meta.get("degradation", params.patches.degradation), joint.cfg.scale
-    deg = Degradation(kind, scale, params.degrade.bd_sigma, params.degrade.bd_kernel_size)
+    deg = Degradation(meta.get("degradation", degradation), joint.cfg.scale, bd_sigma, bd_kernel_size)
     branches: list[torch.nn.Module] = []
     if pretrain_dir is not None:
         branches = [
             load_model_dir(pretrain_dir / f"branch_{i}", device)[0] for i in range(1, joint.cfg.num_branches + 1)
         ]
-    sources = eval_sources(params, root, clips_dir, lr_dir, deg)
+    heldout = heldout_clips(clips_dir, lr_dir, scale, degradation, ep.max_frames)
+    sources = eval_sources(ep, root, deg, heldout)
     per_clip: dict[str, dict[str, list[dict[str, float]]]] = {}
     all_rows: list[dict[str, Any]] = []
     with atomic_dir(plots_dir) as plots_tmp:
@@ -96,8 +118,8 @@ def run_evaluate(
                     branches,
                     device=device,
                     tile=ep.tile,
-                    flow_method=params.flow.method,
-                    flow_preset=params.flow.dis_preset,
+                    flow_method=flow_method,
+                    flow_preset=dis_preset,
                 )
                 summary, rows = score(outputs, clip.gt, ep.crop, ep.flicker)
                 for method, vals in summary.items():
@@ -121,12 +143,11 @@ def run_evaluate(
 
 
 def eval_sources(
-    params: Params, root: Path, clips_dir: Path, lr_dir: Path, deg: Degradation
+    ep: EvaluateParams, root: Path, deg: Degradation, heldout: Iterator[EvalClip]
 ) -> list[Iterator[EvalClip]]:
     """The datasets to evaluate: Vid4 (ours from GT, and the reference LR) when ``evaluate.vid4`` asks, then held-out."""
-    ep = params.evaluate
     vid4_dir = (root / ep.vid4_dir).resolve()
-    sources: list[Iterator[EvalClip]] = [heldout_clips(params, clips_dir, lr_dir, ep.max_frames)]
+    sources: list[Iterator[EvalClip]] = [heldout]
     if ep.vid4 == "on" and not (vid4_dir / "GT").is_dir():
         raise TanetError(f"evaluate.vid4 is 'on' but {vid4_dir / 'GT'} does not exist")
     if ep.vid4 != "off" and (vid4_dir / "GT").is_dir():

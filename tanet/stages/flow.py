@@ -13,16 +13,18 @@ int16``, ``offsets (2N-2,) int16`` (time offsets of the neighbours, in time orde
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from tanet.config import Params
+from tanet.config import FlowParams
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from tanet.io.clips import lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
 from tanet.ops.color import planes
+from tanet.ops.degrade import DegradationKind
 from tanet.ops.optical_flow import DisPreset, FlowMethod, estimate_flow
 from tanet.ops.rof import block_shifts, neighbour_offsets, window_indices
 from tanet.stages.parallel import Mapper, serial_map
@@ -70,13 +72,32 @@ def flow_clip(
     return computed
 
 
+PARAMS = {
+    "flow": "flow",
+    "scales": "degrade.scales",
+    "kinds": "degrade.kinds",
+    "num_branches": "model.num_branches",
+}
+
+
 def run_flow(
-    params: Params, clips_dir: Path, lr_dir: Path, out_dir: Path, mapper: Mapper = serial_map
+    flow: FlowParams,
+    *,
+    scales: Sequence[int],
+    kinds: Sequence[DegradationKind],
+    num_branches: int,
+    clips_dir: Path,
+    lr_dir: Path,
+    out_dir: Path,
+    mapper: Mapper = serial_map,
 ) -> dict[str, int]:
     """Computes flows for every (LR set, clip).
 
     Args:
-        params: pipeline params (``flow``, ``degrade``, ``model.num_branches``).
+        flow: the ``flow`` section.
+        scales: ``degrade.scales``, the LR sets' factors.
+        kinds: ``degrade.kinds``, the LR sets' degradations.
+        num_branches: ``model.num_branches`` N (flows to the 2N-2 neighbours).
         clips_dir: ingest output (for the clip list).
         lr_dir: degrade output.
         out_dir: this stage's output folder (replaced whole on success).
@@ -86,7 +107,7 @@ def run_flow(
         Flow fields computed per LR set.
     """
     clips = read_manifest(clips_dir)
-    sets = [lr_set_name(s, k) for s in params.degrade.scales for k in params.degrade.kinds]
+    sets = [lr_set_name(s, k) for s in scales for k in kinds]
     jobs = [(name, c.clip_id) for name in sets for c in clips]
     with atomic_dir(out_dir) as tmp:
 
@@ -95,10 +116,10 @@ def run_flow(
             return flow_clip(
                 lr_dir / name / clip_id,
                 tmp / name / f"{clip_id}.npz",
-                params.model.num_branches,
-                params.flow.block,
-                params.flow.method,
-                params.flow.dis_preset,
+                num_branches,
+                flow.block,
+                flow.method,
+                flow.dis_preset,
             )
 
         results = mapper(run, jobs, [f"{n}/{c}" for n, c in jobs])
@@ -107,5 +128,5 @@ def run_flow(
             if isinstance(res, BaseException):
                 raise TanetError(f"flow: {name}/{clip_id} failed: {res}") from res
             counts[name] = counts.get(name, 0) + res
-        atomic_write_json(tmp / "summary.json", {"flows": counts, "method": params.flow.method})
+        atomic_write_json(tmp / "summary.json", {"flows": counts, "method": flow.method})
     return counts

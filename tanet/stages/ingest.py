@@ -13,6 +13,7 @@ Outputs are written under a temporary folder and swapped in whole by the caller.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from tanet.config import IngestParams, Params
+from tanet.config import IngestParams
 from tanet.data.sources import Source, discover_sources, is_val_clip
 from tanet.errors import ConfigError, InputError, TanetError
 from tanet.io.atomic import atomic_dir, atomic_write_json
@@ -139,11 +140,24 @@ def ingest_one(
     )
 
 
-def run_ingest(params: Params, root: Path, out_dir: Path, mapper: Mapper = serial_map) -> list[ClipRecord]:
+PARAMS = {"ingest": "ingest", "num_branches": "model.num_branches", "scales": "degrade.scales"}
+
+
+def run_ingest(
+    ingest: IngestParams,
+    *,
+    num_branches: int,
+    scales: Sequence[int],
+    root: Path,
+    out_dir: Path,
+    mapper: Mapper = serial_map,
+) -> list[ClipRecord]:
     """Runs the whole stage: discovers sources, ingests each, writes manifest + quarantine.
 
     Args:
-        params: pipeline params (``ingest``, plus ``model.num_branches`` and ``degrade.scales``).
+        ingest: the ``ingest`` section.
+        num_branches: ``model.num_branches`` N (a clip needs 2N-1 frames).
+        scales: ``degrade.scales`` (a clip must stay large enough at the largest).
         root: repo root for relative source paths.
         out_dir: the stage's output folder (replaced whole on success).
         mapper: fan-out over sources.
@@ -156,8 +170,8 @@ def run_ingest(params: Params, root: Path, out_dir: Path, mapper: Mapper = seria
             ``include_shared_train`` without its folder.
         TanetError: no usable clip, or no training / validation clip.
     """
-    ip = params.ingest
-    min_frames = 2 * params.model.num_branches - 1
+    ip = ingest
+    min_frames = 2 * num_branches - 1
     if 0 < ip.max_frames < min_frames:
         raise ConfigError(
             f"ingest.max_frames: {ip.max_frames} keeps fewer than the {min_frames} frames (2N-1) a clip needs"
@@ -172,7 +186,7 @@ def run_ingest(params: Params, root: Path, out_dir: Path, mapper: Mapper = seria
     sources = discover_sources(ip, root)
     if not sources:
         raise TanetError("ingest: no sources configured (ingest.embedded, ingest.paths, ingest.include_shared_train)")
-    max_scale = max(params.degrade.scales)
+    max_scale = max(scales)
     with atomic_dir(out_dir) as tmp:
 
         def one(src: Source) -> ClipRecord | InputError | OSError:

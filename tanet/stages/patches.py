@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tanet.config import Params
+from tanet.config import PatchesParams
 from tanet.errors import InputError, TanetError
 from tanet.io.atomic import atomic_dir
 from tanet.io.clips import ClipRecord, load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb
 from tanet.io.shards import PatchLayout, ShardRecord, ShardWriter, write_patch_manifest
+from tanet.models.vsr import Color
 from tanet.ops.color import planes
 from tanet.ops.rof import neighbour_offsets, patch_shifts, shift_crop
 from tanet.ops.seeds import seed_of
@@ -56,12 +57,10 @@ def sample_positions(
 
 
 def clip_rows(
-    clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, params: Params
+    clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, pp: PatchesParams, layout: PatchLayout
 ) -> Iterator[dict[str, Sequence[object]]]:
     """Yields the samples of one clip, one reference frame at a time (as column dicts)."""
-    pp, model = params.patches, params.model
-    layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
-    r, p, t_half = model.scale, pp.patch_size, model.num_branches - 1
+    r, p, t_half = layout.scale, pp.patch_size, layout.num_frames // 2
     lr_files = list_frames(lr_clip_dir)
     hr_files = list_frames(clips_dir / clip.clip_id)
     if len(lr_files) != len(hr_files):
@@ -71,7 +70,7 @@ def clip_rows(
     if h < p or w < p:
         return  # clip smaller than one patch: used for validation only
     flows = load_flows(flow_file)
-    if not np.array_equal(flows["offsets"], neighbour_offsets(model.num_branches)):
+    if not np.array_equal(flows["offsets"], neighbour_offsets(t_half + 1)):
         raise InputError(flow_file, "flow offsets do not match model.num_branches; re-run the flow stage")
     if flows["flow"].shape[:4] != (f, layout.num_frames - 1, h, w):
         raise InputError(
@@ -119,17 +118,21 @@ def clip_rows(
 
 
 def write_clip_shards(
-    clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, params: Params, out_dir: Path
+    clip: ClipRecord,
+    clips_dir: Path,
+    lr_clip_dir: Path,
+    flow_file: Path,
+    pp: PatchesParams,
+    layout: PatchLayout,
+    out_dir: Path,
 ) -> list[ShardRecord]:
     """Writes one clip's samples as shards ``<clip>-NNNNN.parquet``; returns their records."""
-    pp, model = params.patches, params.model
-    layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
     schema = layout.schema()
     writer = ShardWriter(out_dir, clip.clip_id, schema, int(pp.max_shard_mb * (1 << 20)), pp.zstd_level)
     pending: dict[str, list[object]] = {name: [] for name in schema.names}
     count = 0
     try:
-        for rows in clip_rows(clip, clips_dir, lr_clip_dir, flow_file, params):
+        for rows in clip_rows(clip, clips_dir, lr_clip_dir, flow_file, pp, layout):
             for name in schema.names:
                 pending[name].extend(rows[name])
             count += len(rows["clip"])
@@ -153,13 +156,28 @@ def _flush(writer: ShardWriter, schema: pa.Schema, pending: dict[str, list[objec
         del pending[name][:n]
 
 
+PARAMS = {"patches": "patches", "scale": "model.scale", "num_branches": "model.num_branches", "color": "model.color"}
+
+
 def run_patches(
-    params: Params, clips_dir: Path, lr_dir: Path, flow_dir: Path, out_dir: Path, mapper: Mapper = serial_map
+    patches: PatchesParams,
+    *,
+    scale: int,
+    num_branches: int,
+    color: Color,
+    clips_dir: Path,
+    lr_dir: Path,
+    flow_dir: Path,
+    out_dir: Path,
+    mapper: Mapper = serial_map,
 ) -> dict[str, object]:
     """Writes the training shards and their manifest.
 
     Args:
-        params: pipeline params (``patches``, ``model``).
+        patches: the ``patches`` section.
+        scale: ``model.scale`` (which LR set, and the HR patch side).
+        num_branches: ``model.num_branches`` N (2N-1 frames per sample).
+        color: ``model.color`` (``y`` or ``rgb`` planes).
         clips_dir: ingest output.
         lr_dir: degrade output.
         flow_dir: flow output.
@@ -169,14 +187,14 @@ def run_patches(
     Returns:
         The manifest.
     """
-    pp, model = params.patches, params.model
-    name = lr_set_name(model.scale, pp.degradation)
+    pp = patches
+    name = lr_set_name(scale, pp.degradation)
     clips = [c for c in read_manifest(clips_dir) if c.split == "train"]
-    layout = PatchLayout(model.num_frames, model.channels, pp.patch_size, model.scale)
+    layout = PatchLayout(2 * num_branches - 1, 1 if color == "y" else 3, pp.patch_size, scale)
     with atomic_dir(out_dir) as tmp:
         results = mapper(
             lambda c: write_clip_shards(
-                c, clips_dir, lr_dir / name / c.clip_id, flow_dir / name / f"{c.clip_id}.npz", params, tmp
+                c, clips_dir, lr_dir / name / c.clip_id, flow_dir / name / f"{c.clip_id}.npz", pp, layout, tmp
             ),
             clips,
             [c.clip_id for c in clips],
@@ -197,7 +215,7 @@ def run_patches(
             shards,
             lr_set=name,
             degradation=pp.degradation,
-            color=model.color,
+            color=color,
             clips={c.clip_id: sum(int(s["rows"]) for s in shards if s["clip_id"] == c.clip_id) for c in clips},
             licences=sorted({c.licence for c in clips}),
         )

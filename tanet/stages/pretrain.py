@@ -14,67 +14,69 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from tanet.config import Params
-from tanet.data.valset import ValClip, load_val_clips
+from tanet.config import PretrainParams
+from tanet.data.valset import ValClip
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.clips import DataDirs
 from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
+from tanet.models.vsr import ModelConfig
+from tanet.ops.degrade import DegradationKind
 from tanet.stages.parallel import Mapper, serial_map
-from tanet.stages.train import shipped_init
+from tanet.stages.train import SETUP_PARAMS, TrainingSetup, shipped_init
 from tanet.track.tracking import Tracker, child_run
 from tanet.train.curves import write_curve_data
 from tanet.train.distributed import dist_info, resolve_device
 from tanet.train.job import Job
-from tanet.train.loop import model_meta, run_job
+from tanet.train.loop import run_job
 from tanet.train.validate import validate
 
+PARAMS = {"pretrain": "pretrain", **SETUP_PARAMS}
 
-def branch_job(params: Params, i: int) -> Job:
+
+def branch_job(pretrain: PretrainParams, setup: TrainingSetup, i: int) -> Job:
     """The pretraining job of branch ``i``."""
-    return Job("branch", i, params.model, params.pretrain, 0.0, params.seed)
+    return Job("branch", i, setup.model, pretrain, 0.0, setup.seed)
 
 
 def pretrain_branch(
-    params: Params,
+    pretrain: PretrainParams,
+    setup: TrainingSetup,
     i: int,
     dirs: DataDirs,
     out_dir: Path,
     ckpt_root: Path,
     *,
     device: torch.device,
+    val_clips: list[ValClip],
     tracker: Tracker | None = None,
-    val_clips: list[ValClip] | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
     """Pretrains branch ``i`` into ``out_dir/branch_<i>``; returns its validation metrics (rank 0)."""
-    job = branch_job(params, i)
-    clips = val_clips
-    if clips is None:
-        clips = (
-            load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
-            if dist_info()[0] == 0
-            else []
-        )
+    job = branch_job(pretrain, setup, i)
+    grown = i > 1 and pretrain.init_from_branch1
     return run_job(
         job,
         dirs.patches,
-        clips,
+        val_clips,
         out_dir / job.name,
         ckpt_root / job.name,
         device=device,
-        init_weights=branch1_init(params, i, out_dir),
+        init_weights=branch1_init(pretrain, setup.model, i, out_dir),
         tracker=tracker,
-        meta={
-            **model_meta(params, dirs.patches),
-            "init": "branch_1" if i > 1 and params.pretrain.init_from_branch1 else "scratch",
-        },
+        meta={**setup.meta(dirs.patches), "init": "branch_1" if grown else "scratch"},
         **kw,
     )
 
 
 def shipped_branches(
-    params: Params, name: str, weights: dict[str, torch.Tensor], dirs: DataDirs, out: Path, val: list[ValClip]
+    pretrain: PretrainParams,
+    setup: TrainingSetup,
+    name: str,
+    weights: dict[str, torch.Tensor],
+    dirs: DataDirs,
+    out: Path,
+    val: list[ValClip],
 ) -> dict[str, dict[str, Any]]:
     """The pretrain stage when ``train.init`` is a shipped model: its branches, untrained, as ``branch_<i>``.
 
@@ -83,12 +85,12 @@ def shipped_branches(
     mean the same in both schedules.
     """
     device = resolve_device("auto")
-    common = {**model_meta(params, dirs.patches), "init": name, "steps": 0}
+    common = {**setup.meta(dirs.patches), "init": name, "steps": 0}
     results = {}
-    for i in range(1, params.model.num_branches + 1):
-        job = branch_job(params, i)
+    for i in range(1, setup.model.num_branches + 1):
+        job = branch_job(pretrain, setup, i)
         prefix = f"tanet.branches.{i - 1}."
-        model = BranchModel(params.model, i)
+        model = BranchModel(setup.model, i)
         model.load_state_dict({"branch." + k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
         metrics = validate(job, model.to(device), val, device)
         write_model_dir(out / job.name, model.cpu(), job, {**common, **metrics}, [{"step": 0, **metrics}])
@@ -124,58 +126,90 @@ def inflate_branch1(weights: dict[str, torch.Tensor], num_frames: int, channels:
     return out
 
 
-def branch1_init(params: Params, i: int, pretrain_dir: Path) -> dict[str, torch.Tensor] | None:
+def branch1_init(
+    pretrain: PretrainParams, model: ModelConfig, i: int, pretrain_dir: Path
+) -> dict[str, torch.Tensor] | None:
     """Initial weights of branch ``i`` (``pretrain.init_from_branch1``): branch 1 grown, or None."""
-    if i == 1 or not params.pretrain.init_from_branch1:
+    if i == 1 or not pretrain.init_from_branch1:
         return None
     path = pretrain_dir / "branch_1" / CKPT_WEIGHTS
     if not path.is_file():
         raise TanetError(
             f"{path}: branch {i} starts from branch 1 (pretrain.init_from_branch1); pretrain branch 1 first"
         )
-    return inflate_branch1(load_file(str(path)), 2 * i - 1, params.model.channels)
+    return inflate_branch1(load_file(str(path)), 2 * i - 1, model.channels)
 
 
 def run_pretrain(
-    params: Params,
+    pretrain: PretrainParams,
+    *,
+    model: ModelConfig,
+    seed: int,
+    init: str,
+    degradation: DegradationKind,
+    patch_size: int,
+    record: dict[str, Any],
     dirs: DataDirs,
     out: Path,
-    metrics: Path,
+    metrics: Path | None,
     checkpoints: Path,
-    plots: Path,
-    *,
+    plots: Path | None,
     tracker: Tracker,
     mapper: Mapper = serial_map,
-) -> dict[str, float]:
+    branches: list[int] | None = None,
+    device: torch.device | str = "auto",
+    stop_after: int | None = None,
+) -> dict[str, Any]:
     """Pretrains branches 1..N and writes ``metrics/pretrain.json``; returns each branch's validation PSNR.
 
     With ``pretrain.init_from_branch1`` branch 1 runs first and the others then side by
     side (as many at once as the mapper runs: ``pretrain.parallel`` threads in the flow).
 
     Args:
-        params: pipeline params.
+        pretrain: the ``pretrain`` section.
+        model, seed, init, degradation, patch_size, record: the
+            :class:`~tanet.stages.train.TrainingSetup` fields.
         dirs: the data stages' outputs.
         out: pretrained branches folder (``branch_<i>`` each).
-        metrics: ``pretrain.json`` to write.
+        metrics: ``pretrain.json`` to write (None: not written, as under ``python -m tanet.train``).
         checkpoints: checkpoint root (``branch_<i>/step_<n>``).
-        plots: folder of the branches' curves as DVC data plots (``branch_<i>_loss.csv`` ...).
+        plots: folder of the branches' curves as DVC data plots (``branch_<i>_loss.csv`` ...; None: none).
         tracker: the stage's MLflow run; each branch logs to a child run.
         mapper: runs the branches of one wave (Prefect tasks in the flow).
+        branches: only these branches (default: 1..N).
+        device: a device, or ``auto``, ``cpu``, ``cuda``.
+        stop_after: stop each branch after this many steps without outputs (tests of resuming).
+
+    Returns:
+        Each branch's validation PSNR (its run's metrics when ``metrics`` is None).
     """
-    val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
-    shipped = shipped_init(params)
+    setup = TrainingSetup(model, seed, init, degradation, patch_size, record)
+    val = setup.val_clips(dirs, pretrain.val_frames) if dist_info()[0] == 0 else []
+    shipped = shipped_init(setup)
     if shipped is not None:  # fine-tuning a shipped network: nothing to pretrain
-        return _report(shipped_branches(params, shipped[0], shipped[1], dirs, out, val), tracker, metrics, out, plots)
-    device = resolve_device("auto")
-    if device.type == "cpu" and params.pretrain.parallel > 1:
+        done = shipped_branches(pretrain, setup, shipped[0], shipped[1], dirs, out, val)
+        return _report(done, tracker, metrics, out, plots)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if dev.type == "cpu" and pretrain.parallel > 1:
         # Branches on parallel threads share the cores instead of each taking all of them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // params.pretrain.parallel))
-    branches = list(range(1, params.model.num_branches + 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // pretrain.parallel))
+    todo = branches or list(range(1, model.num_branches + 1))
 
     def one(i: int) -> dict[str, Any]:
         run = child_run(tracker, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
         try:
-            result = pretrain_branch(params, i, dirs, out, checkpoints, device=device, tracker=run, val_clips=val)
+            result = pretrain_branch(
+                pretrain,
+                setup,
+                i,
+                dirs,
+                out,
+                checkpoints,
+                device=dev,
+                tracker=run,
+                val_clips=val,
+                stop_after=stop_after,
+            )
         except BaseException:
             run.finish("FAILED")
             raise
@@ -183,26 +217,33 @@ def run_pretrain(
         return result
 
     # Branches grown from branch 1 wait for it; they then train side by side.
-    waves = [branches[:1], branches[1:]] if params.pretrain.init_from_branch1 else [branches]
+    waves = [todo[:1], todo[1:]] if pretrain.init_from_branch1 and todo[0] == 1 else [todo]
     results: list[Any] = []
     for wave in waves:
         results += mapper(one, wave, [f"branch_{i}" for i in wave]) if wave else []
         if any(isinstance(r, BaseException) for r in results):
             break
-    for i, res in zip(branches, results):  # a failed first wave leaves the rest unrun
+    for i, res in zip(todo, results):  # a failed first wave leaves the rest unrun
         if isinstance(res, BaseException):
             raise TanetError(f"pretrain: branch {i} failed: {res}") from res
-    return _report({f"branch_{i}": res for i, res in zip(branches, results)}, tracker, metrics, out, plots)
+    done = {f"branch_{i}": res for i, res in zip(todo, results)}
+    if dist_info()[0] != 0 or any("val_psnr" not in r for r in done.values()):
+        return done  # other ranks, or stopped early: nothing to report
+    return _report(done, tracker, metrics, out, plots)
 
 
 def _report(
-    results: dict[str, dict[str, Any]], tracker: Tracker, metrics: Path, out: Path, plots: Path
-) -> dict[str, float]:
+    results: dict[str, dict[str, Any]], tracker: Tracker, metrics: Path | None, out: Path, plots: Path | None
+) -> dict[str, Any]:
     """``pretrain.json`` (each branch's validation PSNR, 4 decimals), logged and written, and the
-    branches' curves as data plots; returns the figures flat."""
+    branches' curves as data plots; returns the figures flat (the results as they are when
+    ``metrics`` is None)."""
+    if metrics is None:
+        return results
     summary = {k: {"val_psnr": round(v["val_psnr"], 4)} for k, v in results.items()}
     tracker.log_metrics({f"{k}.val_psnr": v["val_psnr"] for k, v in summary.items()})
     atomic_write_json(metrics, summary)
-    histories = {k: json.loads((out / k / HISTORY).read_text()) for k in results if (out / k / HISTORY).is_file()}
-    write_curve_data(histories, plots)
+    if plots is not None:
+        histories = {k: json.loads((out / k / HISTORY).read_text()) for k in results if (out / k / HISTORY).is_file()}
+        write_curve_data(histories, plots)
     return {k: v["val_psnr"] for k, v in summary.items()}

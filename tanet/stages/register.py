@@ -40,11 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from tanet.config import Params
+from tanet.config import RegisterParams
 from tanet.errors import TanetError
 from tanet.infer.packaging import log_pyfunc
 from tanet.io.atomic import atomic_write_json
 from tanet.io.model_files import MODEL_META
+from tanet.ops.degrade import DegradationKind
+from tanet.ops.optical_flow import DisPreset, FlowMethod
+from tanet.stages import ALL_PARAMS
 from tanet.stages.evaluate import load_eval
 from tanet.track.tracking import Tracker, configure_mlflow, flatten, git_commit, tracking_uri
 
@@ -340,6 +343,7 @@ def register_model(
         reason += f"; {shipped} registered as version {champion_version} and made champion"
     elif wins:
         reason += "; not promoted (register.promote: never)"
+    record_gate(client, model_name, version, promoted, reason)
     log.info("registered %s version %s (%s): %s", model_name, version, "champion" if promoted else "candidate", reason)
     return {
         "model_name": model_name,
@@ -351,6 +355,15 @@ def register_model(
         "tracking_uri": tracking_uri(root),
         "model_uri": f"models:/{model_name}/{version}",
     }
+
+
+def record_gate(client: Any, model_name: str, version: str, promoted: bool, reason: str) -> None:
+    """The gate's decision on the version itself: a ``tanet.gate`` tag and a section of its card."""
+    outcome = "promoted to @champion" if promoted else "kept as @candidate"
+    client.set_model_version_tag(model_name, version, "tanet.gate", f"{outcome}: {reason}")
+    card = client.get_model_version(model_name, version).description or ""
+    section = f"## Champion gate\n\n{outcome}: {reason}\n"
+    client.update_model_version(model_name, version, description=f"{card.rstrip()}\n\n{section}")
 
 
 def register_shipped_champion(
@@ -429,19 +442,65 @@ def write_registration(path: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
+PARAMS = {
+    "register": "register",
+    "max_frames": "evaluate.max_frames",
+    "tile": "evaluate.tile",
+    "crop": "evaluate.crop",
+    "scale": "model.scale",
+    "degradation": "patches.degradation",
+    "flow_method": "flow.method",
+    "dis_preset": "flow.dis_preset",
+    "experiment": "mlflow.experiment",
+    "record": ALL_PARAMS,
+}
+
+
 def run_register(
-    params: Params, model: Path, eval_json: Path, clips: Path, lr: Path, out: Path, *, root: Path, tracker: Tracker
+    register: RegisterParams,
+    *,
+    max_frames: int,
+    tile: int,
+    crop: int,
+    scale: int,
+    degradation: DegradationKind,
+    flow_method: FlowMethod,
+    dis_preset: DisPreset,
+    experiment: str,
+    record: dict[str, Any],
+    model: Path,
+    eval_json: Path,
+    clips: Path,
+    lr: Path,
+    out: Path,
+    root: Path,
+    tracker: Tracker,
 ) -> dict[str, Any]:
     """Registers the train stage's model, applies the gate and writes ``metrics/register.json``.
 
     The gate's reference (the champion, or the shipped model on a fresh store) is
-    re-evaluated on this candidate's validation clips (``clips``, ``lr``), never on Vid4.
+    re-evaluated on this candidate's validation clips (``clips``, ``lr``), never on Vid4,
+    the way the evaluate stage scores them (``evaluate.max_frames``, ``tile``, ``crop``).
+
+    Args:
+        register: the ``register`` section.
+        max_frames, tile, crop: the ``evaluate`` keys the validation scores follow.
+        scale, degradation: ``model.scale`` and ``patches.degradation``: the validation LR set.
+        flow_method, dis_preset: ``flow.method`` and ``flow.dis_preset``, for ROF at inference.
+        experiment: ``mlflow.experiment``.
+        record: the whole params, as the version's tags.
+        model: the train stage's model folder.
+        eval_json: the evaluate stage's ``eval.json``.
+        clips, lr: the ingest and degrade stages' outputs.
+        out: ``metrics/register.json``.
+        root: repo root (embedded tracking store).
+        tracker: the stage's MLflow run.
     """
     from tanet.infer.evaluation import heldout_clips, heldout_scores
     from tanet.train.distributed import resolve_device
 
-    rp, ep = params.register, params.evaluate
-    val = list(heldout_clips(params, clips, lr, ep.max_frames))
+    rp = register
+    val = list(heldout_clips(clips, lr, scale, degradation, max_frames))
     device = resolve_device("auto")
 
     def rescore(model_dir: Path) -> dict[str, dict[str, float]]:
@@ -449,25 +508,25 @@ def run_register(
             model_dir,
             val,
             device=device,
-            tile=ep.tile,
-            crop=ep.crop,
-            flow_method=params.flow.method,
-            flow_preset=params.flow.dis_preset,
+            tile=tile,
+            crop=crop,
+            flow_method=flow_method,
+            flow_preset=dis_preset,
         )
 
-    record = register_model(
+    registration = register_model(
         model,
         load_eval(eval_json),
         model_name=rp.model_name,
         metric=rp.metric,
         min_gain=rp.min_gain,
-        params=params.to_dict(),
+        params=record,
         tracker=tracker,
-        experiment=params.mlflow.experiment,
+        experiment=experiment,
         root=root,
         rescore=rescore,
         promote=rp.promote,
         example_lr=np.stack(val[0].lr) if val else None,
     )
-    write_registration(out, record)
-    return record
+    write_registration(out, registration)
+    return registration

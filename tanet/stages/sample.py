@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tanet.config import Params
+from tanet.config import SampleParams
 from tanet.data.sources import embedded_clip_path
 from tanet.infer.pipeline import upscale_video
 from tanet.io.atomic import atomic_dir
@@ -51,13 +51,30 @@ def make_lr_sample(source: Path, out_path: Path, scale: int, seconds: float, kin
     return n
 
 
-def run_sample(params: Params, registration: Path, out: Path, *, root: Path) -> dict[str, Any]:
-    """Cuts ``sample.seconds`` of ``sample.clip``, degrades it to LR, upscales it with the registered version."""
-    sp = params.sample
+PARAMS = {"sample": "sample", "scale": "model.scale", "degradation": "patches.degradation"}
+
+
+def run_sample(
+    sample: SampleParams, *, scale: int, degradation: DegradationKind, registration: Path, out: Path, root: Path
+) -> dict[str, Any]:
+    """Cuts ``sample.seconds`` of ``sample.clip``, degrades it to LR, upscales it with the registered version.
+
+    Args:
+        sample: the ``sample`` section.
+        scale: ``model.scale``, the factor the registered model upscales by.
+        degradation: ``patches.degradation``, the LR operator it was trained for.
+        registration: the register stage's record (``metrics/register.json``).
+        out: this stage's output folder (replaced whole on success).
+        root: repo root (embedded tracking store).
+
+    Returns:
+        The upscaling report.
+    """
+    sp = sample
     record = json.loads(registration.read_text())
     with atomic_dir(out) as tmp:
         lr_clip = tmp / "input_lr.mp4"
-        make_lr_sample(embedded_clip_path(sp.clip), lr_clip, params.model.scale, sp.seconds, params.patches.degradation)
+        make_lr_sample(embedded_clip_path(sp.clip), lr_clip, scale, sp.seconds, degradation)
         report = upscale_video(
             lr_clip,
             tmp / "upscaled.mp4",

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tanet.config import IngestParams, Params, load_params
+from tanet.config import IngestParams, load_params
 from tanet.data.sources import discover_sources
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.checksum import sha256_file
+from tanet.stages import run_stage
 from tanet.track.tracking import new_pipeline_token
 
 # -- the source listing: what makes `ingest` stale ----------------------------------------
@@ -66,7 +67,10 @@ def source_listing(params: IngestParams, root: Path, cache: dict[str, list[Any]]
     return out
 
 
-def run_sources(params: Params, out: Path, root: Path) -> list[dict[str, Any]]:
+PARAMS = {"ingest": "ingest"}
+
+
+def run_sources(ingest: IngestParams, out: Path, root: Path) -> list[dict[str, Any]]:
     """Writes ``data/sources.json`` (every source ingest would read, with hashes) and starts a pipeline token.
 
     Hashes are reused while a file's size and mtime are unchanged (``.tanet/source_hashes.json``).
@@ -78,7 +82,7 @@ def run_sources(params: Params, out: Path, root: Path) -> list[dict[str, Any]]:
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     except ValueError:
         cache = {}  # a damaged cache is only a slower run
-    listing = source_listing(params.ingest, root, cache)
+    listing = source_listing(ingest, root, cache)
     atomic_write_json(out, listing)
     atomic_write_json(cache_path, cache)
     new_pipeline_token(root)
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     try:
-        listing = run_sources(load_params(args.params), args.out, Path.cwd())
+        listing = run_stage("sources", load_params(args.params), out=args.out, root=Path.cwd())
     except TanetError as err:
         print(f"sources: error: {err}", file=sys.stderr)
         return 2

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from tanet.config import Params
-from tanet.data.valset import load_val_clips
+from tanet.config import TrainParams
+from tanet.data.valset import ValClip, load_val_clips
 from tanet.errors import TanetError
 from tanet.io.atomic import atomic_write_json
 from tanet.io.clips import DataDirs
 from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, MODEL_META
+from tanet.models.vsr import ModelConfig
+from tanet.ops.degrade import DegradationKind
+from tanet.stages import ALL_PARAMS
 from tanet.track.tracking import Tracker, flatten
 from tanet.train.curves import write_curve_data
 from tanet.train.distributed import dist_info, resolve_device
@@ -23,15 +27,54 @@ from tanet.train.loop import model_meta, run_job
 from tanet.train.validate import bicubic_psnr
 
 
-def joint_job(params: Params) -> Job:
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What both training stages read beside their own section (bound by their ``PARAMS``)."""
+
+    model: ModelConfig  # the network
+    seed: int  # seeds every job's init, data order and augmentation
+    init: str  # train.init: ``pretrain`` (the paper's schedule) or a shipped model to fine-tune
+    degradation: DegradationKind  # patches.degradation: the LR set trained and validated on
+    patch_size: int  # patches.patch_size: the ROF block grid of the validation windows
+    record: dict[str, Any]  # the whole params, recorded in model.json (never decided on)
+
+    def val_clips(self, dirs: DataDirs, val_frames: int) -> list[ValClip]:
+        """The validation clips (full frames) of the data stages' outputs."""
+        return load_val_clips(
+            dirs.clips,
+            dirs.lr,
+            dirs.flow,
+            model=self.model,
+            degradation=self.degradation,
+            block=self.patch_size,
+            val_frames=val_frames,
+        )
+
+    def meta(self, patches_dir: Path) -> dict[str, Any]:
+        """``model.json``'s fields for a model trained on ``patches_dir``."""
+        return model_meta(self.model, self.degradation, self.record, patches_dir)
+
+
+SETUP_PARAMS = {
+    "model": "model",
+    "seed": "seed",
+    "init": "train.init",
+    "degradation": "patches.degradation",
+    "patch_size": "patches.patch_size",
+    "record": ALL_PARAMS,
+}
+PARAMS = {"train": "train", **SETUP_PARAMS}
+
+
+def joint_job(train: TrainParams, setup: TrainingSetup) -> Job:
     """The joint training job."""
-    return Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+    return Job("joint", 0, setup.model, train, train.san_lambda, setup.seed)
 
 
-def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tensor]:
+def pretrained_init(num_branches: int, pretrain_dir: Path) -> dict[str, torch.Tensor]:
     """State dict of the joint network filled with the pretrained branches (model A)."""
     init: dict[str, torch.Tensor] = {}
-    for i in range(1, params.model.num_branches + 1):
+    for i in range(1, num_branches + 1):
         path = pretrain_dir / f"branch_{i}" / CKPT_WEIGHTS
         if not path.is_file():
             raise TanetError(f"{path}: pretrained branch missing; run the pretrain stage first")
@@ -40,7 +83,7 @@ def pretrained_init(params: Params, pretrain_dir: Path) -> dict[str, torch.Tenso
     return init
 
 
-def shipped_init(params: Params) -> tuple[str, dict[str, torch.Tensor]] | None:
+def shipped_init(setup: TrainingSetup) -> tuple[str, dict[str, torch.Tensor]] | None:
     """The shipped model that ``train.init`` names, as ``(name, weights)``; None for ``pretrain``.
 
     The params' network must be the shipped one: every ``model`` key but ``align_block`` (the
@@ -50,7 +93,7 @@ def shipped_init(params: Params) -> tuple[str, dict[str, torch.Tensor]] | None:
         TanetError: not a shipped name, not shipped in this install, or its network or
             degradation differs from the params' (named key by key).
     """
-    name = params.train.init
+    name = setup.init
     if name == "pretrain":
         return None
     from tanet.infer.shipped import shipped_dir
@@ -60,11 +103,11 @@ def shipped_init(params: Params) -> tuple[str, dict[str, torch.Tensor]] | None:
     except TanetError as err:
         raise TanetError(f"train.init: {err} (or 'pretrain' for the paper's schedule)") from err
     meta = json.loads((folder / MODEL_META).read_text())
-    theirs, ours = flatten(meta["model"]), flatten(params.model.to_dict())
+    theirs, ours = flatten(meta["model"]), flatten(setup.model.to_dict())
     # align_block is the ROF block grid (it follows patches.patch_size), not part of the weights.
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k) and k != "align_block")
-    if meta.get("degradation") != params.patches.degradation:
-        diff.append(f"degradation ({meta.get('degradation')} vs patches.degradation {params.patches.degradation})")
+    if meta.get("degradation") != setup.degradation:
+        diff.append(f"degradation ({meta.get('degradation')} vs patches.degradation {setup.degradation})")
     if diff:
         shown = ", ".join(f"model.{k} ({ours.get(k)!r} vs {theirs.get(k)!r})" if "(" not in k else k for k in diff[:6])
         raise TanetError(f"train.init {name}: the params' network differs from {name}'s: {shown}")
@@ -72,7 +115,8 @@ def shipped_init(params: Params) -> tuple[str, dict[str, torch.Tensor]] | None:
 
 
 def train_joint(
-    params: Params,
+    train: TrainParams,
+    setup: TrainingSetup,
     dirs: DataDirs,
     pretrain_dir: Path | None,
     out_dir: Path,
@@ -83,16 +127,18 @@ def train_joint(
     **kw: Any,
 ) -> dict[str, Any]:
     """Trains the joint network into ``out_dir``; returns its metrics incl. the bicubic baseline (rank 0)."""
-    job = joint_job(params)
+    job = joint_job(train, setup)
     rank0 = dist_info()[0] == 0
-    clips = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.train.val_frames) if rank0 else []
-    shipped = shipped_init(params)
+    clips = setup.val_clips(dirs, train.val_frames) if rank0 else []
+    shipped = shipped_init(setup)
     if shipped is not None:
         init: dict[str, torch.Tensor] | None = shipped[1]
+    elif train.init_from_pretrain and pretrain_dir:
+        init = pretrained_init(setup.model.num_branches, pretrain_dir)
     else:
-        init = pretrained_init(params, pretrain_dir) if params.train.init_from_pretrain and pretrain_dir else None
-    bicubic = bicubic_psnr(clips, params.model.scale) if rank0 else float("nan")
-    meta = {**model_meta(params, dirs.patches), "val_psnr_bicubic": bicubic, "init": params.train.init}
+        init = None
+    bicubic = bicubic_psnr(clips, setup.model.scale) if rank0 else float("nan")
+    meta = {**setup.meta(dirs.patches), "val_psnr_bicubic": bicubic, "init": setup.init}
     if tracker is not None and tracker.enabled and rank0:
         # model.json names its MLflow run: the register stage logs the model into it (lineage).
         meta["training_run"] = tracker.run_id
@@ -112,7 +158,7 @@ def train_joint(
     if metrics and "val_psnr" in metrics:
         metrics["val_psnr_bicubic"] = bicubic
         if tracker is not None:
-            tracker.log_metrics({"val_psnr_bicubic": bicubic}, params.train.steps)
+            tracker.log_metrics({"val_psnr_bicubic": bicubic}, train.steps)
     return metrics
 
 
@@ -141,20 +187,58 @@ def train_metrics(pretrain_dir: Path, train_dir: Path, num_branches: int) -> dic
 
 
 def run_train(
-    params: Params,
+    train: TrainParams,
+    *,
+    model: ModelConfig,
+    seed: int,
+    init: str,
+    degradation: DegradationKind,
+    patch_size: int,
+    record: dict[str, Any],
     dirs: DataDirs,
     pretrain: Path,
     out: Path,
-    metrics: Path,
+    metrics: Path | None,
     checkpoints: Path,
-    plots: Path,
-    *,
+    plots: Path | None,
     tracker: Tracker,
+    device: torch.device | str = "auto",
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Trains the joint network, writes ``metrics/train.json`` (pretrain + joint) and its curves
-    as DVC data plots into ``plots`` (``joint_loss.csv``, ``joint_val_psnr.csv``); returns the summary."""
-    train_joint(params, dirs, pretrain, out, checkpoints, device=resolve_device("auto"), tracker=tracker)
-    summary = train_metrics(pretrain, out, params.model.num_branches)
+    as DVC data plots into ``plots`` (``joint_loss.csv``, ``joint_val_psnr.csv``).
+
+    Args:
+        train: the ``train`` section.
+        model, seed, init, degradation, patch_size, record: the :class:`TrainingSetup` fields.
+        dirs: the data stages' outputs.
+        pretrain: the pretrained branches (the pretrain stage's output).
+        out: the joint model folder.
+        metrics: ``train.json`` to write (None: not written, as under ``python -m tanet.train``).
+        checkpoints: checkpoint root (``joint/step_<n>``).
+        plots: folder of the curves as DVC data plots (None: not written).
+        tracker: the stage's MLflow run.
+        device: a device, or ``auto``, ``cpu``, ``cuda``.
+        stop_after: stop after this many steps without outputs (tests of resuming).
+
+    Returns:
+        The summary written to ``metrics`` (the joint run's metrics when it is None).
+    """
+    joint = train_joint(
+        train,
+        TrainingSetup(model, seed, init, degradation, patch_size, record),
+        dirs,
+        pretrain,
+        out,
+        checkpoints,
+        device=device if isinstance(device, torch.device) else resolve_device(device),
+        tracker=tracker,
+        stop_after=stop_after,
+    )
+    if metrics is None or "stopped_at" in joint or dist_info()[0] != 0:
+        return joint
+    summary = train_metrics(pretrain, out, model.num_branches)
     atomic_write_json(metrics, summary)
-    write_curve_data({"joint": json.loads((out / HISTORY).read_text())}, plots)
+    if plots is not None:
+        write_curve_data({"joint": json.loads((out / HISTORY).read_text())}, plots)
     return summary

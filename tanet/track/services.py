@@ -157,6 +157,30 @@ def read_state(state_dir: Path) -> Services | None:
     return Services(**json.loads(path.read_text()))
 
 
+def mlflow_server_command(host: str, port: int, root: Path) -> list[str]:
+    """``mlflow server`` over the repo's one store: its ``mlflow.db`` and ``mlartifacts/``."""
+    return [
+        _bin("mlflow"),
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        # The repo's one store: the same mlflow.db and mlartifacts/ that a plain
+        # `dvc repro` (no MLFLOW_TRACKING_URI) writes, so both see one @champion.
+        f"sqlite:///{(root / 'mlflow.db').resolve()}",
+        # Artifacts as plain files under the repo (not proxied mlflow-artifacts:/ URIs,
+        # which a client of the SQLite store could not read): the server listens on
+        # 127.0.0.1 only, so every client shares this file system.
+        "--default-artifact-root",
+        (root / "mlartifacts").resolve().as_uri(),
+        "--no-serve-artifacts",
+    ]
+
+
 def serve(
     root: Path,
     *,
@@ -181,8 +205,8 @@ def serve(
         worker: start a worker for the pool.
         timeout: seconds to wait for each health check.
     """
-    # Long on purpose: four processes started in order with one cleanup path, so a failure at any
-    # step stops what already started.
+    # Four processes started in order with one cleanup path, so a failure at any step stops
+    # what already started.
     state_dir = state_dir or root / ".tanet" / "services"
     running = read_state(state_dir)
     if running is not None and any(pid_alive(pid, group=True) for pid in running.pids.values()):
@@ -205,26 +229,7 @@ def serve(
             root,
         )
         procs["mlflow-server"] = _spawn(
-            [
-                _bin("mlflow"),
-                "server",
-                "--host",
-                host,
-                "--port",
-                str(mlflow_port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                # The repo's one store: the same mlflow.db and mlartifacts/ that a plain
-                # `dvc repro` (no MLFLOW_TRACKING_URI) writes, so both see one @champion.
-                f"sqlite:///{(root / 'mlflow.db').resolve()}",
-                # Artifacts as plain files under the repo (not proxied mlflow-artifacts:/ URIs,
-                # which a client of the SQLite store could not read): the server listens on
-                # 127.0.0.1 only, so every client shares this file system.
-                "--default-artifact-root",
-                (root / "mlartifacts").resolve().as_uri(),
-                "--no-serve-artifacts",
-            ],
+            mlflow_server_command(host, mlflow_port, root),
             logs / "mlflow-server.log",
             env,
             root,

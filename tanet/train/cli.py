@@ -17,11 +17,9 @@ from typing import Any
 import torch.distributed as dist
 
 from tanet.config import load_params
-from tanet.data.valset import load_val_clips
 from tanet.errors import TanetError
 from tanet.io.clips import DataDirs
-from tanet.stages.pretrain import pretrain_branch, shipped_branches
-from tanet.stages.train import shipped_init, train_joint
+from tanet.stages import run_stage
 from tanet.train.distributed import dist_info, setup_distributed
 
 
@@ -56,48 +54,43 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--branch must be in 1..{params.model.num_branches}")
     device = setup_distributed(args.device)
     dirs = DataDirs(args.clips, args.lr_dir, args.flow, args.patches)
-    from tanet.track.tracking import child_run, stage_run
+    from tanet.track.tracking import stage_run
 
     rank, _ = dist_info()
     use_mlflow = rank == 0 and (args.tracking == "mlflow" or (args.tracking == "auto" and _has_mlflow()))
     results: dict[str, Any] = {}
+    common = {
+        "dirs": dirs,
+        "out": None,
+        "metrics": None,
+        "plots": None,
+        "device": device,
+        "stop_after": args.stop_after,
+    }
     try:
-        # Both stages of `all` nest under one parent run (tanet.track.tracking reuses it per process).
-        shipped = shipped_init(params) if args.stage in ("pretrain", "all") else None
-        if shipped is not None:  # train.init names a shipped model: its branches, nothing to pretrain
-            val = load_val_clips(params, dirs.clips, dirs.lr, dirs.flow, params.pretrain.val_frames)
-            results.update(shipped_branches(params, *shipped, dirs, args.pretrain_out, val))
-        elif args.stage in ("pretrain", "all"):
-            branches = [args.branch] if args.branch else list(range(1, params.model.num_branches + 1))
+        # The stages' own code (tanet.stages.pretrain / train) without their DVC outputs;
+        # both stages of `all` nest under one parent run (tanet.track.tracking reuses it per process).
+        if args.stage in ("pretrain", "all"):
             with stage_run("pretrain", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
-                for i in branches:
-                    branch_tr = child_run(tr, f"branch_{i}", {"tanet.stage": "pretrain", "tanet.branch": i})
-                    try:
-                        results[f"branch_{i}"] = pretrain_branch(
-                            params,
-                            i,
-                            dirs,
-                            args.pretrain_out,
-                            args.checkpoints / "pretrain",
-                            device=device,
-                            tracker=branch_tr,
-                            stop_after=args.stop_after,
-                        )
-                    except BaseException:
-                        branch_tr.finish("FAILED")
-                        raise
-                    branch_tr.finish()
+                results.update(
+                    run_stage(
+                        "pretrain",
+                        params,
+                        **{**common, "out": args.pretrain_out},
+                        checkpoints=args.checkpoints / "pretrain",
+                        tracker=tr,
+                        branches=[args.branch] if args.branch else None,
+                    )
+                )
         if args.stage in ("train", "all"):
             with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
-                results["joint"] = train_joint(
+                results["joint"] = run_stage(
+                    "train",
                     params,
-                    dirs,
-                    args.pretrain_out,
-                    args.train_out,
-                    args.checkpoints / "train",
-                    device=device,
+                    **{**common, "out": args.train_out},
+                    pretrain=args.pretrain_out,
+                    checkpoints=args.checkpoints / "train",
                     tracker=tr,
-                    stop_after=args.stop_after,
                 )
     finally:
         if dist.is_initialized():

@@ -53,12 +53,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tanet.config import OptimParams, Params
+from tanet.config import OptimParams
 from tanet.data.loader import LoaderState, PatchLoader
 from tanet.data.valset import ValClip
 from tanet.errors import TanetError
 from tanet.io.model_files import write_model_dir
 from tanet.io.shards import read_patch_manifest
+from tanet.models.vsr import ModelConfig
+from tanet.ops.degrade import DegradationKind
 from tanet.track.tracking import Tracker, dvc_out_hash
 from tanet.train.augment import augment
 from tanet.train.checkpoint import checkpoint_dirs, job_fingerprint, load_checkpoint, save_checkpoint
@@ -215,32 +217,11 @@ def run_job(
         raise TanetError(f"batch_size {optim.batch_size} is not divisible by the {world} DDP ranks")
     manifest = read_patch_manifest(patches_dir)
     fingerprint = job_fingerprint(job, manifest, init_weights)
-    # What a checkpoint says about itself: enough to rebuild the model and know its schedule
-    # without the pipeline's files (the scheduler and augmentation RNG are pure functions of
-    # the step, so they have no state to store).
-    ckpt_meta = {
-        "fingerprint": fingerprint,
-        "job": job.name,
-        "model_config": job.model.to_dict(),
-        "optim": dataclasses.asdict(optim),
-        "san_lambda": job.san_lambda,
-        "seed": job.seed,
-        "params": (meta or {}).get("params"),
-    }
+    ckpt_meta = _checkpoint_meta(job, fingerprint, meta)
     model = build_model(job).to(device)
     if init_weights is not None:
         load_init(model, init_weights)
-    fields = (input_field(job), "hr") + (("theta",) if job.model.alignment == "san" and job.kind == "joint" else ())
-    loader = PatchLoader(
-        patches_dir,
-        optim.batch_size // world,
-        seed=job_seed(job.seed, job.name, "data"),
-        shuffle_groups=optim.shuffle_groups,
-        consumer=rank,
-        num_consumers=world,
-        fields=fields,
-        verify=rank == 0,
-    )
+    loader = _loader(job, patches_dir, rank, world)
     opt = make_optimizer(model, optim, device)
     start, history = 0, []
     state = load_checkpoint(ckpt_dir, fingerprint, world)
@@ -273,31 +254,9 @@ def run_job(
             seen += batch["hr"].shape[0] * world
             done = step + 1
             if done % optim.log_every == 0 or done == optim.steps:
-                values = torch.stack([loss, *parts.values()]).float()
-                if world > 1:  # the loss of the global batch, not of rank 0's share
-                    dist.all_reduce(values)
-                    values /= world
-                values_list = values.tolist()  # waits for the device
-                busy += time.perf_counter() - t0
-                record = {
-                    "step": done,
-                    "loss": values_list[0],
-                    **dict(zip(parts, values_list[1:])),
-                    "lr": learning_rate_at(step, optim),
-                    "patches_per_s": seen / max(1e-9, busy),
-                }
+                record = _log_record(job, done, loss, parts, seen, busy, t0, world)
                 history.append(record)
                 tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, done)
-                if rank == 0:
-                    log.info(
-                        "%s step %d/%d loss %.5f lr %.2e %.0f patches/s",
-                        job.name,
-                        done,
-                        optim.steps,
-                        record["loss"],
-                        record["lr"],
-                        record["patches_per_s"],
-                    )
                 busy, seen = 0.0, 0
             else:
                 busy += time.perf_counter() - t0
@@ -318,34 +277,129 @@ def run_job(
     finally:
         _close(batches)  # stops the prefetching thread
         loader.close()  # and the decoding threads
-    metrics = {}
-    if rank == 0:
-        metrics = validate(job, model, val_clips, device)
-        history.append({"step": optim.steps, **metrics})
-        tracker.log_metrics(metrics, optim.steps)
-        write_model_dir(out_dir, model, job, {**(meta or {}), **metrics}, history)
-        if tracker.enabled:
-            tracker.log_artifact(out_dir, "model")
-            latest = checkpoint_dirs(ckpt_dir)
-            if latest:
-                tracker.log_artifact(latest[0], "checkpoint")
-            with tempfile.TemporaryDirectory(prefix="tanet-curves-") as tmp:
-                if plot_curves(history, Path(tmp) / f"{job.name}_curves.png", title=job.name):
-                    tracker.log_artifact(Path(tmp) / f"{job.name}_curves.png", "curves")
+    metrics = _finish(job, model, val_clips, device, history, out_dir, ckpt_dir, meta, tracker) if rank == 0 else {}
     if world > 1:
         dist.barrier()  # no rank moves on (e.g. to read the pretrained branches) before the outputs exist
     return metrics
 
 
-def model_meta(params: Params, patches_dir: Path) -> dict[str, Any]:
+def _checkpoint_meta(job: Job, fingerprint: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """What a checkpoint says about itself: enough to rebuild the model and know its schedule
+    without the pipeline's files (the scheduler and augmentation RNG are pure functions of the
+    step, so they have no state to store)."""
+    return {
+        "fingerprint": fingerprint,
+        "job": job.name,
+        "model_config": job.model.to_dict(),
+        "optim": dataclasses.asdict(job.optim),
+        "san_lambda": job.san_lambda,
+        "seed": job.seed,
+        "params": (meta or {}).get("params"),
+    }
+
+
+def _loader(job: Job, patches_dir: Path, rank: int, world: int) -> PatchLoader:
+    """This rank's share of the shards, in the job's seeded order, with the fields its loss needs."""
+    fields = (input_field(job), "hr") + (("theta",) if job.model.alignment == "san" and job.kind == "joint" else ())
+    return PatchLoader(
+        patches_dir,
+        job.optim.batch_size // world,
+        seed=job_seed(job.seed, job.name, "data"),
+        shuffle_groups=job.optim.shuffle_groups,
+        consumer=rank,
+        num_consumers=world,
+        fields=fields,
+        verify=rank == 0,
+    )
+
+
+def _log_record(
+    job: Job,
+    done: int,
+    loss: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+    seen: int,
+    busy: float,
+    t0: float,
+    world: int,
+) -> dict[str, Any]:
+    """The history record of step ``done`` (the global batch's loss under DDP), logged on rank 0.
+
+    ``seen`` patches went through in ``busy`` seconds of earlier steps plus this one, begun at
+    ``t0`` and timed up to the device's answer.
+    """
+    values = torch.stack([loss, *parts.values()]).float()
+    if world > 1:  # the loss of the global batch, not of rank 0's share
+        dist.all_reduce(values)
+        values /= world
+    values_list = values.tolist()  # waits for the device
+    rate = seen / max(1e-9, busy + time.perf_counter() - t0)
+    record = {
+        "step": done,
+        "loss": values_list[0],
+        **dict(zip(parts, values_list[1:])),
+        "lr": learning_rate_at(done - 1, job.optim),
+        "patches_per_s": rate,
+    }
+    if dist_info()[0] == 0:
+        log.info(
+            "%s step %d/%d loss %.5f lr %.2e %.0f patches/s",
+            job.name,
+            done,
+            job.optim.steps,
+            record["loss"],
+            record["lr"],
+            record["patches_per_s"],
+        )
+    return record
+
+
+def _finish(
+    job: Job,
+    model: nn.Module,
+    val_clips: list[ValClip],
+    device: torch.device,
+    history: list[dict[str, Any]],
+    out_dir: Path,
+    ckpt_dir: Path,
+    meta: dict[str, Any] | None,
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """Rank 0 after the last step: final validation, the model folder, and its artifacts in the run."""
+    metrics = validate(job, model, val_clips, device)
+    history.append({"step": job.optim.steps, **metrics})
+    tracker.log_metrics(metrics, job.optim.steps)
+    write_model_dir(out_dir, model, job, {**(meta or {}), **metrics}, history)
+    if tracker.enabled:
+        tracker.log_artifact(out_dir, "model")
+        latest = checkpoint_dirs(ckpt_dir)
+        if latest:
+            tracker.log_artifact(latest[0], "checkpoint")
+        with tempfile.TemporaryDirectory(prefix="tanet-curves-") as tmp:
+            if plot_curves(history, Path(tmp) / f"{job.name}_curves.png", title=job.name):
+                tracker.log_artifact(Path(tmp) / f"{job.name}_curves.png", "curves")
+    return metrics
+
+
+def model_meta(
+    model: ModelConfig, degradation: DegradationKind, record: dict[str, Any], patches_dir: Path
+) -> dict[str, Any]:
+    """``model.json``'s description of a trained model: its network, data and params.
+
+    Args:
+        model: the network.
+        degradation: the LR operator of its training data.
+        record: the whole params (recorded, not read).
+        patches_dir: the patches stage's output (licences, hashes).
+    """
     manifest = read_patch_manifest(patches_dir)
     return {
-        "scale": params.model.scale,
-        "degradation": params.patches.degradation,
-        "color": params.model.color,
-        "alignment": params.model.alignment,
+        "scale": model.scale,
+        "degradation": degradation,
+        "color": model.color,
+        "alignment": model.alignment,
         "licences": manifest.get("licences", []),
         "patches_sha256": hashlib.sha256("".join(str(s["sha256"]) for s in manifest["shards"]).encode()).hexdigest(),
         "patches_dvc_md5": dvc_out_hash(patches_dir),  # DVC's own hash of the shards, when run by DVC
-        "params": params.to_dict(),
+        "params": record,
     }
