@@ -326,6 +326,65 @@ def heldout_scores(
     return {ds: clip_means(vals) for ds, vals in per.items()}
 
 
+ROBUSTNESS_CASES = ("adjacent", "other_clip", "shuffled")  # what the neighbour slots hold
+
+
+def neighbour_robustness(
+    clip: EvalClip,
+    other: EvalClip,
+    joint: VSRNet,
+    *,
+    device: torch.device,
+    flow_method: FlowMethod,
+    flow_preset: DisPreset = "medium",
+    crop: int = 0,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """The joint network when its neighbours carry nothing (the robustness of Liu et al. 2017).
+
+    Every frame of ``clip`` is upscaled with its 2N-2 neighbour slots holding: its adjacent
+    frames (``adjacent``, the normal case), the frames of ``other`` at the same times
+    (``other_clip``), or frames of ``clip`` in a seeded random order (``shuffled``). A
+    network that learnt when to trust its neighbours falls back to about its single-frame
+    quality (the joint's own branch 1, which sees only the centre frame) and never below
+    bicubic. Both clips are cropped to their common LR size from the top-left.
+
+    Returns:
+        ``{case: {"tanet": psnr, "branch_1": psnr}}`` and ``{"bicubic": {"psnr": ...}}``:
+        mean Y-PSNR over the clip's frames.
+    """
+    h = min(f.shape[0] for f in [*clip.lr, *other.lr])
+    w = min(f.shape[1] for f in [*clip.lr, *other.lr])
+    r, half = joint.cfg.scale, joint.cfg.num_frames // 2
+    lr = [np.ascontiguousarray(f[:h, :w]) for f in clip.lr]
+    gt = torch.stack([_tensor(g[: r * h, : r * w]) for g in clip.gt[: len(lr)]])
+    up = Upscaler(joint, device=device, flow_method=flow_method, flow_preset=flow_preset)
+    own = [up.prepare(f) for f in lr]
+    theirs = [up.prepare(np.ascontiguousarray(f[:h, :w])) for f in other.lr]
+    order = np.random.default_rng(seed).permutation(len(own))
+
+    def neighbours(case: str, t: int) -> list[dict[str, Any]]:
+        if case == "adjacent":
+            return edge_window(own[max(0, t - half) : t], own[t : t + half + 1], half)
+        pool = theirs if case == "other_clip" else [own[i] for i in order]
+        return [own[t] if k == half else pool[(t + k) % len(pool)] for k in range(2 * half + 1)]
+
+    def psnr(frames: list[np.ndarray]) -> float:
+        sr = torch.stack([_tensor(f) for f in frames])
+        return float(y_psnr_ssim(sr, gt, crop)[0].mean())
+
+    out: dict[str, dict[str, float]] = {}
+    for case in ROBUSTNESS_CASES:
+        sr, single = [], []
+        for t in range(len(own)):
+            res = up.network(up._network_input(neighbours(case, t)), want_all=True)
+            sr.append(up.to_rgb(res["sr"], own[t]))
+            single.append(up.to_rgb(res["branches"][0], own[t]))
+        out[case] = {"tanet": psnr(sr), "branch_1": psnr(single)}
+    out["bicubic"] = {"psnr": psnr(bicubic_frames(EvalClip(clip.dataset, clip.clip_id, lr, []), r))}
+    return out
+
+
 def clip_means(per_clip: list[dict[str, float]]) -> dict[str, float]:
     """The mean over clips of each per-clip figure, to 4 decimals (how ``eval.json`` averages a dataset).
 
