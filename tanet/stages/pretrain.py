@@ -189,7 +189,7 @@ def run_pretrain(
     if shipped is not None:  # fine-tuning a shipped network: nothing to pretrain
         done = shipped_branches(pretrain, setup, shipped[0], shipped[1], dirs, out, val)
         return _report(done, tracker, metrics, out, plots)
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = resolve_device(device)
     if dev.type == "cpu" and pretrain.parallel > 1:
         # Branches on parallel threads share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // pretrain.parallel))

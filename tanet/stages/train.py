@@ -231,7 +231,7 @@ def run_train(
         pretrain,
         out,
         checkpoints,
-        device=device if isinstance(device, torch.device) else resolve_device(device),
+        device=resolve_device(device),
         tracker=tracker,
         stop_after=stop_after,
     )

@@ -17,8 +17,13 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; under DDP each rank takes its LOCAL_RANK GPU."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; under DDP each rank takes its LOCAL_RANK GPU.
+
+    A ``torch.device`` (already resolved, e.g. by :func:`setup_distributed`) is returned as is.
+    """
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
