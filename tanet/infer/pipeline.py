@@ -291,7 +291,6 @@ def upscale_video(
     if weights_video is not None:
         _check_output(Path(weights_video), overwrite)
     net, meta = load_model_dir(resolve_model(str(model) if model is not None else None, root), "cpu")
-    start = time.perf_counter()
     with contextlib.ExitStack() as stack:  # whatever is open when anything fails is closed (outputs dropped)
         reader = open_video(input_path, max_frames=max_frames)
         stack.enter_context(reader)
@@ -324,6 +323,7 @@ def upscale_video(
         if weights_video:
             wwriter = stack.enter_context(VideoWriter(weights_video, out_w, out_h, info.fps, overwrite=overwrite))
         bar = Progress(total, progress)
+        start = time.perf_counter()  # the timed part: decode, network, encode (as reported)
         written, first_at, last_at = _stream(reader, writer, wwriter, upscaler, bar)
         if written != reader.frames_read:
             raise TanetError(f"{input_path}: {reader.frames_read} frames decoded but {written} written")
