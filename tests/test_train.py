@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tanet.config import OptimParams, Params, dump_params, params_from_dict, preset_params
+from tanet.config import OptimParams, Params, TrainParams, dump_params, params_from_dict, preset_params
 from tanet.errors import TanetError
 from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
 from tanet.models import VSRNet, tanet_s
@@ -391,6 +391,12 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path:
     assert job_fingerprint(job, changed, None) != fp  # other data
     assert job_fingerprint(job, manifest, {"w": torch.zeros(2)}) != fp  # other initial weights
     assert job_fingerprint(job, manifest, None) == fp
+    # train.init only names the initial weights, which are hashed themselves.
+    weights = {"w": torch.ones(2)}
+    joint = Job("joint", 0, job.model, TrainParams(), 0.01, job.seed)
+    named = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, init="tanet-s"))
+    assert job_fingerprint(named, manifest, weights) == job_fingerprint(joint, manifest, weights)
+    assert job_fingerprint(joint, manifest, {"w": torch.zeros(2)}) != job_fingerprint(joint, manifest, weights)
 
     # Another number of DDP ranks is an error, not a silent restart.
     fp_now = json.loads((checkpoint_dirs(ckpt)[0] / CKPT_META).read_text())["fingerprint"]

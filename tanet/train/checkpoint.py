@@ -144,10 +144,15 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str, world: int = 1) -> dict[st
 
 
 def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: dict[str, torch.Tensor] | None) -> str:
-    """Identity of a job's inputs: params, the shards' checksums and the initial weights."""
+    """Identity of a job's inputs: params, the shards' checksums and the initial weights.
+
+    ``train.init`` is left out: it only names where the initial weights come from, and those
+    weights are hashed themselves (so a checkpoint written before the key existed resumes).
+    """
+    optim = {k: v for k, v in dataclasses.asdict(job.optim).items() if k != "init"}
     digest = hashlib.sha256(
         json.dumps(
-            [job.kind, job.branch, job.model.to_dict(), dataclasses.asdict(job.optim), job.san_lambda, job.seed],
+            [job.kind, job.branch, job.model.to_dict(), optim, job.san_lambda, job.seed],
             sort_keys=True,
         ).encode()
     )
