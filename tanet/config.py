@@ -158,6 +158,9 @@ class TrainParams(OptimParams):
     # ("tanet-s"): fine-tune that whole network (the pretrain stage then trains nothing and
     # hands on its branches); the model section must equal the shipped model's.
     init: str = "pretrain"
+    # adaptive: the temporal modulation branch learns the per-pixel weights (the method);
+    # uniform: W_i = 1/N fixed, the branches trained jointly under it (the mixing ablation).
+    mixing: Literal["adaptive", "uniform"] = "adaptive"
 
 
 @dataclass(frozen=True)

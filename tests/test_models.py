@@ -60,6 +60,18 @@ def test_weights_sum_to_one_per_pixel() -> None:
     assert (out.weights >= 0).all()
 
 
+def test_fixed_uniform_mixing_is_exactly_one_over_n_and_does_not_train() -> None:
+    torch.manual_seed(0)
+    net = TemporalAdaptiveNetwork(TANetConfig(num_branches=3))
+    net.modulation.fix_uniform()
+    out = net(torch.rand(2, 5, 1, 8, 8), return_all=True)
+    assert torch.equal(out.weights, torch.full_like(out.weights, 1 / 3))
+    torch.testing.assert_close(out.sr, out.branches.mean(1))
+    out.sr.square().mean().backward()
+    assert all(p.grad is None for p in net.modulation.parameters())
+    assert all(p.grad is not None for p in net.branches.parameters())
+
+
 def test_sr_is_weighted_sum_of_branch_outputs() -> None:
     net = TemporalAdaptiveNetwork(TANetConfig(num_branches=3))
     out = net(torch.rand(1, 5, 1, 6, 6), return_all=True)

@@ -76,6 +76,47 @@ def test_card_crop_figure_is_recomputed_within_a_hundredth_of_a_db(name: str) ->
     assert got == pytest.approx(crop["psnr"], abs=0.01)
 
 
+def test_vid4_figures_score_a_pretrained_branch_alone_and_take_a_border_crop(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+    import torch
+
+    from tanet.config import OptimParams
+    from tanet.infer.evaluation import VID4_CLIPS
+    from tanet.infer.shipped import vid4_figures
+    from tanet.io.model_files import BranchModel, write_model_dir
+    from tanet.models import VSRNet, tanet_s
+    from tanet.train.job import Job
+
+    rng = np.random.default_rng(0)
+    for clip in VID4_CLIPS:  # a tiny stand-in for Vid4: 3 smooth frames of 64x48 per clip
+        (tmp_path / "GT" / clip).mkdir(parents=True)
+        base = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (64, 48), interpolation=cv2.INTER_CUBIC)
+        for t in range(3):
+            cv2.imwrite(str(tmp_path / "GT" / clip / f"{t:04d}.png"), np.roll(base, t, axis=1))
+    cfg = tanet_s(alignment="none", align_block=16)
+    meta = {"scale": 4, "degradation": "BI", "licences": ["test"], "patches_sha256": "0" * 64}
+    torch.manual_seed(0)
+    branch = BranchModel(cfg, 1)
+    write_model_dir(tmp_path / "branch_1", branch, Job("branch", 1, cfg, OptimParams(steps=1)), meta, [])
+    joint = VSRNet(cfg)  # its modulation puts every pixel's weight on branch 1 = the branch above
+    state = joint.state_dict()
+    state.update({f"tanet.branches.0.{k.removeprefix('branch.')}": v for k, v in branch.state_dict().items()})
+    r2 = cfg.scale**2
+    state["tanet.modulation.net.tail.weight"] = torch.zeros_like(state["tanet.modulation.net.tail.weight"])
+    state["tanet.modulation.net.tail.bias"] = torch.cat([torch.full((r2,), 1000.0), torch.full((2 * r2,), -1000.0)])
+    joint.load_state_dict(state)
+    write_model_dir(tmp_path / "joint", joint, Job("joint", 0, cfg, OptimParams(steps=1)), meta, [])
+
+    alone = vid4_figures(tmp_path / "branch_1", tmp_path, "BI")
+    mixed = vid4_figures(tmp_path / "joint", tmp_path, "BI")
+    assert set(alone["clips"]) == set(VID4_CLIPS)
+    assert alone["mean"]["tanet"]["psnr"] == pytest.approx(mixed["mean"]["tanet"]["psnr"], abs=1e-6)
+    assert alone["mean"]["bicubic"] == mixed["mean"]["bicubic"]
+    cropped = vid4_figures(tmp_path / "branch_1", tmp_path, "BI", crop=8)
+    assert cropped["mean"]["tanet"]["psnr"] != pytest.approx(alone["mean"]["tanet"]["psnr"], abs=1e-3)
+
+
 def test_upscale_with_a_shipped_name_outside_a_repo_writes_only_the_output(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tanet.config import OptimParams, Params, TrainParams, dump_params, params_from_dict, preset_params
-from tanet.errors import TanetError
+from tanet.errors import ConfigError, TanetError
 from tanet.io.model_files import CKPT_WEIGHTS, HISTORY, BranchModel, write_model_dir
 from tanet.models import VSRNet, tanet_s
 from tanet.models.san import SANConfig
@@ -337,6 +337,20 @@ def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None
     (tmp_path / "branch_2" / CKPT_WEIGHTS).unlink()
     with pytest.raises(TanetError, match="pretrained branch missing"):
         pretrained_init(n, tmp_path)
+
+
+def test_uniform_mixing_trains_the_branches_under_fixed_one_over_n_weights(data: Path, tmp_path: Path) -> None:
+    params = load(params_file(tmp_path / "params.yaml", **{"train.steps": 3, "train.mixing": "uniform"}))
+    job = Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+    torch.manual_seed(3)
+    init = {k: v.clone() for k, v in VSRNet(params.model).state_dict().items() if "modulation" not in k}
+    run_job(job, data / "patches", [], tmp_path / "out", tmp_path / "ckpt", device=CPU, init_weights=init)
+    trained = load_file(str(tmp_path / "out" / CKPT_WEIGHTS))
+    tail = {k: v for k, v in trained.items() if k.startswith("tanet.modulation.net.tail.")}
+    assert tail and all(torch.count_nonzero(v) == 0 for v in tail.values())  # logits 0: W_i = 1/N
+    assert any(not torch.equal(trained[k], v) for k, v in init.items())  # the branches trained
+    with pytest.raises(ConfigError, match="mixing"):
+        load(params_file(tmp_path / "bad.yaml", **{"train.mixing": "fixed"}))
 
 
 def test_train_metrics_shape(tmp_path: Path) -> None:

@@ -166,17 +166,25 @@ TERMS = (
 )
 
 
-def vid4_figures(model_dir: Path, vid4_dir: Path, degradation: DegradationKind, device: str = "cpu") -> dict[str, Any]:
-    """Y-PSNR/SSIM (crop 0, all frames) of the model and bicubic on the four Vid4 clips with our LR."""
+def vid4_figures(
+    model_dir: Path, vid4_dir: Path, degradation: DegradationKind, device: str = "cpu", crop: int = 0
+) -> dict[str, Any]:
+    """Y-PSNR/SSIM (all frames) of the model, bicubic and lanczos on the four Vid4 clips with our LR.
+
+    ``model_dir`` is a joint network or a pretrained branch (scored alone, for the ablation
+    rows); ``crop`` HR pixels are left out at each border (0 for our tables; 8 where a
+    reference scored so).
+    """
     import numpy as np
 
     from tanet.infer.evaluation import bicubic_frames, score, vid4_clips
-    from tanet.infer.upscaler import Upscaler, flow_settings
-    from tanet.io.model_files import load_model_dir
+    from tanet.infer.upscaler import StandaloneBranch, Upscaler, flow_settings
+    from tanet.io.model_files import BranchModel, load_model_dir
     from tanet.io.video import lanczos_upscale
     from tanet.ops.degrade import Degradation
 
-    net, meta = load_model_dir(model_dir)
+    loaded, meta = load_model_dir(model_dir)
+    net = StandaloneBranch(loaded) if isinstance(loaded, BranchModel) else loaded
     deg = Degradation(degradation, int(meta["scale"]))
     per_clip: dict[str, dict[str, dict[str, float]]] = {}
     for clip in vid4_clips(vid4_dir, deg, 0):
@@ -185,7 +193,7 @@ def vid4_figures(model_dir: Path, vid4_dir: Path, degradation: DegradationKind, 
             "lanczos": lanczos_upscale(clip.lr, deg.scale),
             "tanet": [r.rgb for r in Upscaler(net, device=device, **flow_settings(meta)).upscale_frames(clip.lr)],
         }
-        per_clip[clip.clip_id], _ = score(outputs, clip.gt, 0, flicker=True)
+        per_clip[clip.clip_id], _ = score(outputs, clip.gt, crop, flicker=True)
     means: dict[str, dict[str, float]] = {}
     for method in ("bicubic", "lanczos", "tanet"):
         keys = sorted({k for c in per_clip.values() for k in c[method]})

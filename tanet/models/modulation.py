@@ -37,6 +37,20 @@ class TemporalModulationBranch(nn.Module):
         self.channels = channels
         self.net = SubPixelNet(self.num_frames * channels, num_branches, scale, cfg)
 
+    def fix_uniform(self) -> None:
+        """Freezes the branch at W_i = 1/N everywhere: the fixed-mixing ablation.
+
+        The output layer's weights and bias become zero, so every logit is 0 and the softmax
+        gives exactly 1/N; no parameter of the branch trains any more. The network keeps its
+        architecture, so every tool that loads a TANet loads the ablation too.
+        """
+        tail = self.net.tail
+        nn.init.zeros_(tail.weight)
+        if tail.bias is not None:
+            nn.init.zeros_(tail.bias)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Returns softmax weights ``(B, N, 1, r*H, r*W)`` that sum to 1 over N.
 

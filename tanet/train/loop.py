@@ -53,13 +53,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tanet.config import OptimParams
+from tanet.config import OptimParams, TrainParams
 from tanet.data.loader import LoaderState, PatchLoader
 from tanet.data.valset import ValClip
 from tanet.errors import TanetError
 from tanet.io.model_files import write_model_dir
 from tanet.io.shards import read_patch_manifest
-from tanet.models.vsr import ModelConfig
+from tanet.models.vsr import ModelConfig, VSRNet
 from tanet.ops.degrade import DegradationKind
 from tanet.track.tracking import Tracker, dvc_out_hash
 from tanet.train.augment import augment
@@ -167,6 +167,13 @@ def load_init(model: nn.Module, init: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(init, strict=False)
 
 
+def fix_uniform_mixing(model: nn.Module) -> None:
+    """``train.mixing: uniform``: the joint network's modulation frozen at W_i = 1/N."""
+    if not isinstance(model, VSRNet):
+        raise TanetError("train.mixing uniform applies to the joint network only")
+    model.tanet.modulation.fix_uniform()
+
+
 def _close(it: Iterator[Any]) -> None:
     close = getattr(it, "close", None)
     if close is not None:
@@ -221,6 +228,8 @@ def run_job(
     model = build_model(job).to(device)
     if init_weights is not None:
         load_init(model, init_weights)
+    if isinstance(optim, TrainParams) and optim.mixing == "uniform":
+        fix_uniform_mixing(model)
     loader = _loader(job, patches_dir, rank, world)
     opt = make_optimizer(model, optim, device)
     start, history = 0, []
