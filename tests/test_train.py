@@ -411,6 +411,8 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path:
     named = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, init="tanet-s"))
     assert job_fingerprint(named, manifest, weights) == job_fingerprint(joint, manifest, weights)
     assert job_fingerprint(joint, manifest, {"w": torch.zeros(2)}) != job_fingerprint(joint, manifest, weights)
+    uniform = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, mixing="uniform"))
+    assert job_fingerprint(uniform, manifest, weights) != job_fingerprint(joint, manifest, weights)
 
     # Another number of DDP ranks is an error, not a silent restart.
     fp_now = json.loads((checkpoint_dirs(ckpt)[0] / CKPT_META).read_text())["fingerprint"]

@@ -143,13 +143,23 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str, world: int = 1) -> dict[st
     return None
 
 
+# Optimiser-section keys newer than the checkpoint format, with the behaviour their absence meant.
+_LATER_KEYS: dict[str, Any] = {"mixing": "adaptive"}
+
+
 def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: dict[str, torch.Tensor] | None) -> str:
     """Identity of a job's inputs: params, the shards' checksums and the initial weights.
 
     ``train.init`` is left out: it only names where the initial weights come from, and those
-    weights are hashed themselves (so a checkpoint written before the key existed resumes).
+    weights are hashed themselves. Keys added to the params after checkpoints were first
+    written (``_LATER_KEYS``) count only when set away from the value their absence meant,
+    so an older checkpoint of the same job still resumes.
     """
-    optim = {k: v for k, v in dataclasses.asdict(job.optim).items() if k != "init"}
+    optim = {
+        k: v
+        for k, v in dataclasses.asdict(job.optim).items()
+        if k != "init" and not (k in _LATER_KEYS and v == _LATER_KEYS[k])
+    }
     digest = hashlib.sha256(
         json.dumps(
             [job.kind, job.branch, job.model.to_dict(), optim, job.san_lambda, job.seed],
