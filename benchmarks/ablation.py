@@ -7,7 +7,7 @@ scored alone, as :class:`~tanet.infer.upscaler.StandaloneBranch` drives it) or a
 network. For each it prints the validation Y-PSNR (the params' held-out clips, every frame
 the training stages validate on: what the rows are chosen by) and, unless ``--vid4 ''``,
 Vid4 ×4 (our LR from GT by the model's degradation, Y, all frames, crop 0; the test set,
-measured once per row for the table; ``--crop``) with SSIM and the flicker figure ``tof``.
+measured once per row for the table; ``--crop 8`` adds that border crop) with SSIM and the flicker figure ``tof``.
 ``--json FILE`` keeps the figures.
 """
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--lr", type=Path, required=True)
     ap.add_argument("--flow", type=Path, required=True)
     ap.add_argument("--vid4", default=str(ROOT.parent / "shared" / "data" / "vid4"), help="'' to skip Vid4")
-    ap.add_argument("--crop", type=int, default=0, help="HR border pixels left out on Vid4 (0; 8 as MMagic)")
+    ap.add_argument("--crop", type=int, default=None, help="Vid4 also at this HR border crop (8 as MMagic)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     params = load_params(args.params)
@@ -66,8 +66,11 @@ def main() -> None:
         bicubic = bicubic_psnr(clips, cfg.scale)
         row: dict[str, object] = {"model": folder, "val_psnr": validate(job, net, clips, CPU)["val_psnr"]}
         if args.vid4:
-            figures = vid4_figures(Path(folder), Path(args.vid4), params.patches.degradation, crop=args.crop)
+            crops = (0,) if args.crop is None else (0, args.crop)
+            figures = vid4_figures(Path(folder), Path(args.vid4), params.patches.degradation, crops=crops)
             row["vid4"] = figures["mean"]
+            if args.crop is not None:
+                row[f"vid4_crop{args.crop}"] = figures["by_crop"][str(args.crop)]
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows[label] = row
         print(f"{label}: {json.dumps(row)}", flush=True)

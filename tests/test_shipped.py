@@ -113,8 +113,9 @@ def test_vid4_figures_score_a_pretrained_branch_alone_and_take_a_border_crop(tmp
     assert set(alone["clips"]) == set(VID4_CLIPS)
     assert alone["mean"]["tanet"]["psnr"] == pytest.approx(mixed["mean"]["tanet"]["psnr"], abs=1e-6)
     assert alone["mean"]["bicubic"] == mixed["mean"]["bicubic"]
-    cropped = vid4_figures(tmp_path / "branch_1", tmp_path, "BI", crop=8)
-    assert cropped["mean"]["tanet"]["psnr"] != pytest.approx(alone["mean"]["tanet"]["psnr"], abs=1e-3)
+    both = vid4_figures(tmp_path / "branch_1", tmp_path, "BI", crops=(0, 8))
+    assert both["by_crop"]["0"] == both["mean"] == alone["mean"]
+    assert both["by_crop"]["8"]["tanet"]["psnr"] != pytest.approx(alone["mean"]["tanet"]["psnr"], abs=1e-3)
 
 
 def test_upscale_with_a_shipped_name_outside_a_repo_writes_only_the_output(tmp_path: Path) -> None:
