@@ -60,6 +60,8 @@ def test_card_names_the_weights_and_what_the_issue_asks_for(name: str) -> None:
     assert (folder / "README.md").read_text().startswith(f"# {name}")
     meta = json.loads((folder / "model.json").read_text())
     assert meta["degradation"] == SHIPPED_NAMES[name][1] == card["degradation"]
+    licence = (ROOT / "LICENSE").read_text()  # the code's MIT text, then the weights' own terms
+    assert "tanet/weights/" in licence and "non-commercial" in licence.split("MIT")[-1]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
