@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tanet.config import PretrainParams, TrainParams, load_params
-from tanet.data.valset import load_val_clips
+from tanet.data.valset import ValClip, load_val_clips
 from tanet.infer.shipped import vid4_figures
 from tanet.io.model_files import load_model_dir
 from tanet.train.job import Job
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(args.params)
     rows: dict[str, dict[str, object]] = {}
-    bicubic = float("nan")
+    val_sets: dict[str, tuple[list[ValClip], float]] = {}  # per network config: rows share their clips
     for spec in args.models:
         label, sep, folder = spec.partition("=")
         if not sep:
@@ -54,16 +54,19 @@ def main() -> None:
         cfg = net.cfg
         branch = int(meta.get("branch", 0)) if meta.get("kind") == "branch" else 0
         job = Job("branch", branch, cfg, PretrainParams()) if branch else Job("joint", 0, cfg, TrainParams())
-        clips = load_val_clips(
-            args.clips,
-            args.lr,
-            args.flow,
-            model=cfg,
-            degradation=params.patches.degradation,
-            block=params.patches.patch_size,
-            val_frames=params.train.val_frames,
-        )
-        bicubic = bicubic_psnr(clips, cfg.scale)
+        key = json.dumps(cfg.to_dict(), sort_keys=True)
+        if key not in val_sets:
+            clips = load_val_clips(
+                args.clips,
+                args.lr,
+                args.flow,
+                model=cfg,
+                degradation=params.patches.degradation,
+                block=params.patches.patch_size,
+                val_frames=params.train.val_frames,
+            )
+            val_sets[key] = clips, bicubic_psnr(clips, cfg.scale)
+        clips, bicubic = val_sets[key]
         row: dict[str, object] = {"model": folder, "val_psnr": validate(job, net, clips, CPU)["val_psnr"]}
         if args.vid4:
             crops = (0,) if args.crop is None else (0, args.crop)
