@@ -33,3 +33,15 @@ def make_model_dir(path: Path, alignment: str = "none", seed: int = 0, scale: in
         [],
     )
     return path
+
+
+def weight_only_branch(net: object, i: int) -> None:
+    """Sets a joint network's modulation so every pixel's weight is on branch ``i`` (softmax of ±1000)."""
+    import torch
+
+    tail = net.tanet.modulation.net.tail  # type: ignore[attr-defined]
+    r2 = net.cfg.scale**2  # type: ignore[attr-defined]
+    with torch.no_grad():
+        tail.weight.zero_()
+        tail.bias.fill_(-1000.0)
+        tail.bias[(i - 1) * r2 : i * r2] = 1000.0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from media_factory import SHARED
+from model_factory import weight_only_branch
 
 from tanet.infer.evaluation import EvalClip, neighbour_robustness, vid4_clips
 from tanet.infer.shipped import available, shipped_dir
@@ -51,12 +52,7 @@ def test_the_neighbour_slots_really_change() -> None:
     """A network forced onto branch 3 (5 frames, random weights) moves with what its neighbours hold."""
     torch.manual_seed(0)
     net = VSRNet(tanet_s(align_block=16)).eval()
-    r2 = net.cfg.scale**2
-    tail = net.tanet.modulation.net.tail
-    with torch.no_grad():
-        tail.weight.zero_()
-        tail.bias.fill_(-1000.0)
-        tail.bias[2 * r2 : 3 * r2] = 1000.0  # all weight on branch 3
+    weight_only_branch(net, 3)
     clip, other = _vid4(net.cfg.scale, ("walk", "calendar"))
     res = neighbour_robustness(clip, other, net, device=CPU, flow_method="dis")
     psnr = {case: res[case]["tanet"] for case in ("adjacent", "other_clip", "shuffled")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import media_factory as mf
 import pytest
 from media_factory import SHARED
-from model_factory import make_model_dir
+from model_factory import make_model_dir, weight_only_branch
 
 from tanet.errors import TanetError
 from tanet.infer.shipped import CARD, SHIPPED_NAMES, available, crop_psnr, read_card, shipped_dir, weights_sha256
@@ -102,12 +102,8 @@ def test_vid4_figures_score_a_pretrained_branch_alone_and_take_a_border_crop(tmp
     branch = BranchModel(cfg, 1)
     write_model_dir(tmp_path / "branch_1", branch, Job("branch", 1, cfg, OptimParams(steps=1)), meta, [])
     joint = VSRNet(cfg)  # its modulation puts every pixel's weight on branch 1 = the branch above
-    state = joint.state_dict()
-    state.update({f"tanet.branches.0.{k.removeprefix('branch.')}": v for k, v in branch.state_dict().items()})
-    r2 = cfg.scale**2
-    state["tanet.modulation.net.tail.weight"] = torch.zeros_like(state["tanet.modulation.net.tail.weight"])
-    state["tanet.modulation.net.tail.bias"] = torch.cat([torch.full((r2,), 1000.0), torch.full((2 * r2,), -1000.0)])
-    joint.load_state_dict(state)
+    joint.tanet.branches[0].load_state_dict({k.removeprefix("branch."): v for k, v in branch.state_dict().items()})
+    weight_only_branch(joint, 1)
     write_model_dir(tmp_path / "joint", joint, Job("joint", 0, cfg, OptimParams(steps=1)), meta, [])
 
     alone = vid4_figures(tmp_path / "branch_1", tmp_path, "BI")

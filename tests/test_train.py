@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_factory import weight_only_branch
 from safetensors.torch import load_file
 
 from tanet.config import OptimParams, Params, TrainParams, dump_params, params_from_dict, preset_params
@@ -324,13 +325,9 @@ def test_pretrained_branches_load_into_the_joint_network(tmp_path: Path) -> None
     net = VSRNet(cfg).eval()
     load_init(net, pretrained_init(n, tmp_path))
     x = torch.rand(2, cfg.num_frames, cfg.channels, 12, 12, generator=torch.Generator().manual_seed(0))
-    tail = net.tanet.modulation.net.tail
-    r2 = cfg.scale**2
     with torch.no_grad():
-        for i in range(1, n + 1):  # the modulation branch weights branch i only (softmax of +-1000)
-            tail.weight.zero_()
-            tail.bias.fill_(-1000.0)
-            tail.bias[(i - 1) * r2 : i * r2] = 1000.0
+        for i in range(1, n + 1):  # the modulation branch weights branch i only
+            weight_only_branch(net, i)
             assert torch.equal(net(x), branches[i - 1](x)), f"joint output != branch {i} alone"
     with pytest.raises(TanetError, match="unexpected keys"):
         load_init(net, {"tanet.branch.0.net.tail.weight": torch.zeros(1)})
