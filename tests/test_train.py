@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from bare_host import bare_host_python
 from model_factory import weight_only_branch
 from safetensors.torch import load_file
 
@@ -573,6 +574,31 @@ def test_sigkill_during_checkpoint_write_resumes_from_the_previous_one(
     assert [p.name for p in ckpt.iterdir()] == ["step_00000024"]  # the torn temporary was cleaned up
 
 
+def test_time_limit_checkpoints_the_step_it_stops_at_and_the_same_command_resumes(
+    data: Path, reference: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--time-limit 0``: one step, checkpointed though off the cadence, no outputs; then bit-identical."""
+    stage, out_rel, ckpt_rel, over = CRASH_CASES["branch"]
+    args = cli(data, params_file(tmp_path / "params.yaml", **over), tmp_path, *stage)
+    run_cli([*args, "--time-limit", "0"], tmp_path / "limited.log")
+    assert "time limit reached at step 1 of 24" in (tmp_path / "limited.log").read_text()
+    assert ckpt_steps(tmp_path / ckpt_rel) == [1] and not (tmp_path / out_rel).exists()
+    run_cli(args, tmp_path / "resumed.log")
+    assert "(step 1)" in (tmp_path / "resumed.log").read_text()
+    assert_same_weights(tmp_path / out_rel, reference["branch"])
+
+    # `all`: branch 1 stops, so neither the grown branches nor the joint stage start.
+    all_args = cli(data, params_file(tmp_path / "all" / "params.yaml"), tmp_path / "all", "all")
+    run_cli([*all_args, "--time-limit", "0"], tmp_path / "all.log")
+    log = (tmp_path / "all.log").read_text()
+    assert json.loads(log[log.index("{") :]) == {"branch_1": {"stopped_at": 1}}
+    assert sorted(p.name for p in (tmp_path / "all" / "ckpt").rglob("step_*")) == ["step_00000001"]
+    bad = subprocess.run(
+        [PY, "-m", "tanet.train", *all_args, "--time-limit", "-1"], capture_output=True, text=True, env=ENV
+    )
+    assert bad.returncode == 2 and "--time-limit must be >= 0" in bad.stderr
+
+
 # -- DDP ----------------------------------------------------------------------------------
 DDP_PROBE = """
 import hashlib, os, sys
@@ -635,27 +661,6 @@ def test_ddp_two_cpu_ranks_under_torchrun(data: Path, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".*.tmp")]
 
 
-# Top-level names of site-packages that the GPU machine lacks (it has torch, numpy, pyarrow,
-# opencv and safetensors).
-ABSENT_ON_GPU_HOST = ("ffmpeg", "imageio_ffmpeg", "yaml", "_yaml", "pyyaml", "mlflow", "prefect", "dvc", "distributed")
-
-
-def bare_host_env(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    """An interpreter command and environment in which those packages really are absent:
-    ``python -S`` (no site-packages) over a copy of site-packages made of symlinks to
-    everything else."""
-    import site
-
-    site_dir = tmp_path / "site"
-    site_dir.mkdir()
-    for sp in site.getsitepackages():
-        for entry in Path(sp).iterdir():
-            if not entry.name.lower().startswith(ABSENT_ON_GPU_HOST) and not (site_dir / entry.name).exists():
-                (site_dir / entry.name).symlink_to(entry)
-    root = str(Path(__file__).resolve().parents[1])
-    return [PY, "-S", "-m", "tanet.train"], {**ENV, "PYTHONPATH": os.pathsep.join([root, str(site_dir)])}
-
-
 def test_trains_on_a_bare_gpu_host_without_yaml_ffmpeg_mlflow_prefect_dvc(data: Path, tmp_path: Path) -> None:
     """The GPU machine has torch, numpy, pyarrow, opencv and safetensors only: training runs
     there as a plain module from JSON params (``tanet params --json``)."""
@@ -666,8 +671,9 @@ def test_trains_on_a_bare_gpu_host_without_yaml_ffmpeg_mlflow_prefect_dvc(data: 
     }
     params = tmp_path / "params.json"
     params.write_text(json.dumps(preset_params("tiny", {**DATA_OVERRIDES, **over}), indent=2))
-    cmd, env = bare_host_env(tmp_path)
-    probe = subprocess.run([*cmd[:2], "-c", "import yaml"], capture_output=True, text=True, env=env, check=False)
+    py, env = bare_host_python(tmp_path, ENV)
+    cmd = [*py, "-m", "tanet.train"]
+    probe = subprocess.run([*py, "-c", "import yaml"], capture_output=True, text=True, env=env, check=False)
     assert "No module named 'yaml'" in probe.stderr  # the packages are really gone
     args = cli(data, params, tmp_path, "all", tracking="auto")
     proc = subprocess.run(

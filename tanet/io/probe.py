@@ -17,9 +17,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple, cast
 
-import ffmpeg
-import imageio_ffmpeg
-
 from tanet.errors import VideoError
 
 STDERR_TAIL_LINES = 40  # lines of ffmpeg's stderr kept for error messages
@@ -39,6 +36,10 @@ _DAMAGE = re.compile(
 @functools.cache
 def ffmpeg_exe() -> str:
     """Returns the path of the ffmpeg binary shipped by the ``imageio-ffmpeg`` wheel."""
+    # Imported here (as ffmpeg-python below): frame folders are read without either, on
+    # training hosts that have neither.
+    import imageio_ffmpeg
+
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -394,6 +395,8 @@ def count_frames(path: str | Path) -> int:
     Raises:
         VideoError: the file is unreadable (see :func:`probe`) or neither pass works.
     """
+    import ffmpeg
+
     info = probe(path)
     stream = ffmpeg.input(str(Path(path).absolute()))[str(info.stream_index)]
     tail = ""

@@ -37,14 +37,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Self
 
-import ffmpeg
 import numpy as np
 
 from tanet.errors import InputError, VideoError
 from tanet.io.frames import list_frames, read_rgb
 from tanet.io.probe import VideoInfo, ffmpeg_exe, probe
-from tanet.io.process import QUIET, STOP_TIMEOUT_S, StderrTail, popen, read_exactly, stop_process
-from tanet.io.writer import as_fraction
+from tanet.io.process import QUIET, STOP_TIMEOUT_S, StderrTail, as_fraction, popen, read_exactly, stop_process
 
 __all__ = [
     "FrameFolderReader",
@@ -141,6 +139,8 @@ class VideoReader:
             )
 
     def _command(self) -> list[str]:
+        import ffmpeg  # here: a frame folder is read without ffmpeg-python (training hosts lack it)
+
         options: dict[str, Any] = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
         if self.max_frames is not None:
             options["frames:v"] = self.max_frames  # ffmpeg stops cleanly by itself

@@ -159,6 +159,7 @@ def run_pretrain(
     branches: list[int] | None = None,
     device: torch.device | str = "auto",
     stop_after: int | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Pretrains branches 1..N and writes ``metrics/pretrain.json``; returns each branch's validation PSNR.
 
@@ -179,6 +180,8 @@ def run_pretrain(
         branches: only these branches (default: 1..N).
         device: a device, or ``auto``, ``cpu``, ``cuda``.
         stop_after: stop each branch after this many steps without outputs (tests of resuming).
+        deadline: a :func:`time.monotonic` time: a branch running past it checkpoints and
+            stops (``stopped_at``), and no later wave starts.
 
     Returns:
         Each branch's validation PSNR (its run's metrics when ``metrics`` is None).
@@ -209,6 +212,7 @@ def run_pretrain(
                 tracker=run,
                 val_clips=val,
                 stop_after=stop_after,
+                deadline=deadline,
             )
         except BaseException:
             run.finish("FAILED")
@@ -221,7 +225,8 @@ def run_pretrain(
     results: list[Any] = []
     for wave in waves:
         results += mapper(one, wave, [f"branch_{i}" for i in wave]) if wave else []
-        if any(isinstance(r, BaseException) for r in results):
+        # A failed or stopped branch 1 leaves nothing for the grown branches to start from.
+        if any(isinstance(r, BaseException) or "stopped_at" in r for r in results):
             break
     for i, res in zip(todo, results):  # a failed first wave leaves the rest unrun
         if isinstance(res, BaseException):

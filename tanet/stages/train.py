@@ -204,6 +204,7 @@ def run_train(
     tracker: Tracker,
     device: torch.device | str = "auto",
     stop_after: int | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Trains the joint network, writes ``metrics/train.json`` (pretrain + joint) and its curves
     as DVC data plots into ``plots`` (``joint_loss.csv``, ``joint_val_psnr.csv``).
@@ -220,6 +221,8 @@ def run_train(
         tracker: the stage's MLflow run.
         device: a device, or ``auto``, ``cpu``, ``cuda``.
         stop_after: stop after this many steps without outputs (tests of resuming).
+        deadline: a :func:`time.monotonic` time: past it the job checkpoints and stops
+            (``stopped_at``) without outputs.
 
     Returns:
         The summary written to ``metrics`` (the joint run's metrics when it is None).
@@ -234,6 +237,7 @@ def run_train(
         device=resolve_device(device),
         tracker=tracker,
         stop_after=stop_after,
+        deadline=deadline,
     )
     if metrics is None or "stopped_at" in joint or dist_info()[0] != 0:
         return joint

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         help="MLflow logging (import the run later with `tanet import-run` when none)",
     )
     ap.add_argument("--stop-after", type=int, default=None, help="stop after N steps (testing resumption)")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="checkpoint and stop the job that runs past SECONDS from now (the same command resumes it); "
+        "with `all`, the joint stage does not start after a stopped pretraining",
+    )
     args = ap.parse_args(argv)
+    if args.time_limit is not None and args.time_limit < 0:
+        ap.error("--time-limit must be >= 0 seconds")
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "plots": None,
         "device": device,
         "stop_after": args.stop_after,
+        "deadline": deadline,
     }
     try:
         # The stages' own code (tanet.stages.pretrain / train) without their DVC outputs;
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         branches=[args.branch] if args.branch else None,
                     )
                 )
-        if args.stage in ("train", "all"):
+        if args.stage == "train" or (args.stage == "all" and not stopped(results)):
             with stage_run("train", params.to_dict(), experiment=params.mlflow.experiment, enabled=use_mlflow) as tr:
                 results["joint"] = run_stage(
                     "train",
@@ -98,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def stopped(results: dict[str, Any]) -> bool:
+    """Whether any job in ``results`` stopped before its last step (``stopped_at``)."""
+    return any(isinstance(r, dict) and "stopped_at" in r for r in results.values())
 
 
 def _has_mlflow() -> bool:

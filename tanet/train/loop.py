@@ -192,6 +192,7 @@ def run_job(
     tracker: Tracker | None = None,
     meta: dict[str, Any] | None = None,
     stop_after: int | None = None,
+    deadline: float | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Trains one job to ``job.optim.steps`` steps, resuming from ``ckpt_dir`` when possible.
@@ -207,6 +208,10 @@ def run_job(
         tracker: MLflow run of this job (no-op if None).
         meta: extra fields for ``model.json`` (scale, degradation, params, licences...).
         stop_after: stop (without final outputs) after this many steps — for tests of resuming.
+        deadline: a :func:`time.monotonic` time; the first step that ends past it is
+            checkpointed and the job stops there without final outputs (a time-boxed run on
+            a borrowed machine resumes from it on the next). Every DDP rank stops at the
+            same step.
         on_step: called after every step (tests).
 
     Returns:
@@ -283,6 +288,15 @@ def run_job(
                 on_step(done)
             if stop_after is not None and done >= stop_after:
                 return {"stopped_at": done}
+            if deadline is not None and done < optim.steps and _past(deadline, device, world):
+                if done % optim.checkpoint_every:
+                    states = [loader.state] * world
+                    if world > 1:
+                        dist.all_gather_object(states, loader.state)
+                    if rank == 0:
+                        save_checkpoint(ckpt_dir, model, opt, done, states, history, ckpt_meta)
+                log.info("%s: time limit reached at step %d of %d; checkpointed", job.name, done, optim.steps)
+                return {"stopped_at": done}
     finally:
         _close(batches)  # stops the prefetching thread
         loader.close()  # and the decoding threads
@@ -290,6 +304,15 @@ def run_job(
     if world > 1:
         dist.barrier()  # no rank moves on (e.g. to read the pretrained branches) before the outputs exist
     return metrics
+
+
+def _past(deadline: float, device: torch.device, world: int) -> bool:
+    """Whether ``deadline`` has passed; under DDP rank 0's clock decides for every rank."""
+    if world == 1:
+        return time.monotonic() >= deadline
+    flag = torch.tensor([float(time.monotonic() >= deadline)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _checkpoint_meta(job: Job, fingerprint: str, meta: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""The GPU session (``python -m tanet.train.session``): pack here, run on a host as bare as the
+GPU one (no PyYAML, ffmpeg, MLflow, Prefect or DVC), unpack here, and the next session resumes
+from what came back. Tiny preset on synthetic frame folders, CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from bare_host import bare_host_python
+
+from tanet.errors import TanetError
+from tanet.io.model_files import load_model_dir
+from tanet.train.session import MANIFEST, MAX_FILES, PART_SIZE, last_json, pack, select_jobs, unpack
+
+ENV_THREADS = {"OMP_NUM_THREADS": "1"}
+TINY = {
+    "ingest.val_clips": ["srca__s2"],
+    "ingest.max_side": 0,
+    "pretrain.val_frames": 1,
+    "train.val_frames": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two sources of frame folders (a texture panning right), as ``../shared/data/train`` lays them out."""
+    root = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    texture = cv2.resize(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), (240, 160), interpolation=cv2.INTER_CUBIC)
+    for src, seq in (("srca", "s1"), ("srca", "s2"), ("srcb", "s1")):
+        folder = root / src / seq
+        folder.mkdir(parents=True)
+        for t in range(8):
+            cv2.imwrite(str(folder / f"im{t + 1}.png"), texture[16:112, 4 + 3 * t : 100 + 3 * t])
+    return root
+
+
+def run_session(pack_dir: Path, out: Path, work: Path, tmp: Path, budget: float = 600) -> dict[str, Any]:
+    py, env = bare_host_python(tmp, {**os.environ, **ENV_THREADS})
+    cmd = [*py, "-m", "tanet.train.session", "run", "--pack", str(pack_dir), "--out", str(out), "--work", str(work)]
+    proc = subprocess.run(
+        [*cmd, "--budget", str(budget), "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return json.loads((out / MANIFEST).read_text())
+
+
+def test_pack_run_unpack_and_the_next_session_resumes(frames: Path, tmp_path: Path) -> None:
+    ckpts = tmp_path / "checkpoints" / "gpu"
+    packed = pack(
+        tmp_path / "pack",
+        frames=frames,
+        exclude=["srcb"],
+        preset="tiny",
+        overrides=TINY,
+        jobs=["tanet-s", "mixing-uniform"],
+    )
+    assert packed["sources"] == ["srca"] and packed["resumed"] == []
+    base = json.loads((tmp_path / "pack" / "base.json").read_text())  # JSON: the host has no PyYAML
+    assert base["ingest"]["embedded"] == [] and "srcb" in base["ingest"]["shared_train_exclude"]
+
+    summary = run_session(tmp_path / "pack", tmp_path / "out", tmp_path / "work", tmp_path / "host1")
+    assert {k: v["status"] for k, v in summary["jobs"].items()} == {"tanet-s": "finished", "mixing-uniform": "finished"}
+    assert summary["left_out"] == []
+    returned = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(returned) <= MAX_FILES and all((tmp_path / "out" / n).stat().st_size <= PART_SIZE for n in returned)
+
+    got = unpack(tmp_path / "out", to=tmp_path / "returned", checkpoints=ckpts)
+    assert got["jobs"]["tanet-s"]["status"] == "finished"
+    net, meta = load_model_dir(tmp_path / "returned" / "models" / "tanet-s" / "joint")
+    assert meta["kind"] == "joint" and net.cfg.alignment == "rof"
+    uniform, _ = load_model_dir(tmp_path / "returned" / "models" / "mixing-uniform" / "joint")
+    tail = [p for n, p in uniform.named_parameters() if n.startswith("tanet.modulation")][-2:]
+    assert all(float(p.detach().abs().max()) == 0.0 for p in tail)  # the frozen uniform mixing came back as trained
+    assert sorted(p.name for p in ckpts.iterdir()) == ["mixing-uniform", "tanet-s"]
+    assert (tmp_path / "returned" / "logs" / "tanet-s.log").is_file()
+
+    # The next session carries those checkpoints and resumes from them (here: at the last step).
+    again = pack(tmp_path / "pack2", frames=frames, exclude=["srcb"], preset="tiny", overrides=TINY, checkpoints=ckpts)
+    assert again["resumed"] == ["tanet-s", "mixing-uniform"]
+    summary = run_session(tmp_path / "pack2", tmp_path / "out2", tmp_path / "work2", tmp_path / "host2")
+    log = (tmp_path / "work2" / "logs" / "tanet-s.log").read_text()
+    assert "joint: resumed from" in log and "branch_1: resumed from" in log
+    assert summary["jobs"]["tanet-s"]["status"] == "finished"
+
+
+def test_a_damaged_part_is_named_and_nothing_is_extracted(tmp_path: Path) -> None:
+    from tanet.train.session import pack_results
+
+    work = tmp_path / "work"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / "a.log").write_bytes(np.random.default_rng(0).bytes(3000))
+    summary = pack_results(work, tmp_path / "out", {"jobs": {}}, part_size=4096)
+    sizes = [p["bytes"] for p in summary["parts"]]
+    assert len(sizes) >= 3 and max(sizes) == 4096 and sizes[-1] <= 4096
+    unpack(tmp_path / "out", to=tmp_path / "ok", checkpoints=tmp_path / "ck")
+    assert (tmp_path / "ok" / "logs" / "a.log").read_bytes() == (work / "logs" / "a.log").read_bytes()
+    part = tmp_path / "out" / "session.tar.01"
+    data = bytearray(part.read_bytes())
+    data[10] ^= 1
+    part.write_bytes(bytes(data))
+    with pytest.raises(TanetError, match=r"session\.tar\.01: damaged"):
+        unpack(tmp_path / "out", to=tmp_path / "bad", checkpoints=tmp_path / "ck")
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "out" / "session.tar.02").unlink()
+    with pytest.raises(TanetError, match=r"session\.tar\.01: damaged|session\.tar\.02: part missing"):
+        unpack(tmp_path / "out", to=tmp_path / "bad", checkpoints=tmp_path / "ck")
+
+
+def test_pack_refuses_frames_over_the_carry_limit_and_unknown_jobs(frames: Path, tmp_path: Path) -> None:
+    with pytest.raises(TanetError, match=rf"{frames}: the frames take .* over the carry limit"):
+        pack(tmp_path / "p", frames=frames, preset="tiny", overrides=TINY, limit=10_000)
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".pack-*"))
+    with pytest.raises(TanetError, match="unknown job"):
+        select_jobs(["tanet-xl"])
+    with pytest.raises(TanetError, match="mixing-uniform starts from tanet-s's branches"):
+        select_jobs(["mixing-uniform"])
+    assert [j.name for j in select_jobs(None)][:2] == ["tanet-s", "tanet-s-bd"]  # the issue's priority
+
+
+def test_last_json_reads_the_summary_after_log_lines() -> None:
+    assert last_json('2026 INFO x {"a": 1}\n{\n  "joint": {"stopped_at": 3}\n}\n') == {"joint": {"stopped_at": 3}}
+    assert last_json("no json here") is None
