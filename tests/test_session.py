@@ -55,7 +55,7 @@ def run_session(pack_dir: Path, out: Path, work: Path, tmp: Path, budget: float 
 def test_pack_run_unpack_and_the_next_session_resumes(frames: Path, tmp_path: Path) -> None:
     ckpts = tmp_path / "checkpoints" / "gpu"
     packed = pack(
-        tmp_path / "pack",
+        tmp_path / ".gpu" / "pack",  # its parent made too
         frames=frames,
         exclude=["srcb"],
         preset="tiny",
@@ -63,10 +63,10 @@ def test_pack_run_unpack_and_the_next_session_resumes(frames: Path, tmp_path: Pa
         jobs=["tanet-s", "mixing-uniform"],
     )
     assert packed["sources"] == ["srca"] and packed["resumed"] == []
-    base = json.loads((tmp_path / "pack" / "base.json").read_text())  # JSON: the host has no PyYAML
+    base = json.loads((tmp_path / ".gpu" / "pack" / "base.json").read_text())  # JSON: the host has no PyYAML
     assert base["ingest"]["embedded"] == [] and "srcb" in base["ingest"]["shared_train_exclude"]
 
-    summary = run_session(tmp_path / "pack", tmp_path / "out", tmp_path / "work", tmp_path / "host1")
+    summary = run_session(tmp_path / ".gpu" / "pack", tmp_path / "out", tmp_path / "work", tmp_path / "host1")
     assert {k: v["status"] for k, v in summary["jobs"].items()} == {"tanet-s": "finished", "mixing-uniform": "finished"}
     assert summary["left_out"] == []
     returned = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -141,7 +141,9 @@ def pack(
         base = set_key(base, "degrade.kinds", sorted(set(base["degrade"]["kinds"]) | {"BD"}))
     for job in plan:
         params_from_dict(job_params(base, job, frames), f"session job {job.name}")  # every job validates here
-    tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=Path(out).parent if Path(out).parent.exists() else None))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out.parent))  # beside ``out``: renamed into place whole
     try:
         sources = sorted(
             p for p in frames.iterdir() if p.is_dir() and p.name not in base["ingest"]["shared_train_exclude"]
@@ -179,7 +181,7 @@ def pack(
             "resume_left_out": left_out,
         }
         (tmp / "pack.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if Path(out).exists():
+        if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
