@@ -254,6 +254,31 @@ def test_prefetching_yields_the_plain_sequence(data_dir: Path) -> None:
     assert_same_batches(take(again.prefetching(), 4), take(iter(plain), 4))
 
 
+@pytest.mark.parametrize(("batch_size", "num_consumers", "start"), [(BS, 1, (0, 0)), (7, 1, (1, 3)), (5, 2, (0, 2))])
+def test_resident_batches_equal_the_streamed_ones(
+    data_dir: Path, batch_size: int, num_consumers: int, start: tuple[int, int]
+) -> None:
+    """Same batches and states from the copy held on the device (here the CPU) as from the shards."""
+    for consumer in range(num_consumers):
+        kw = {"shuffle_groups": 3, "seed": 5, "consumer": consumer, "num_consumers": num_consumers, "verify": False}
+        streamed = PatchLoader(data_dir, batch_size, **kw)  # type: ignore[arg-type]
+        held = PatchLoader(data_dir, batch_size, fields=("rof", "hr", "theta"), **kw)  # type: ignore[arg-type]
+        streamed.state = held.state = LoaderState(*start)
+        n = 2 * streamed.batches_per_epoch() + 3  # across windows (carried rows) and epochs
+        states = []
+        expected = []
+        for batch in itertools.islice(iter(streamed), n):
+            expected.append({k: batch[k] for k in ("rof", "hr", "theta")})
+            states.append(streamed.state)
+        got, got_states = [], []
+        for batch in itertools.islice(held.resident("cpu"), n):
+            got.append(batch)
+            got_states.append(held.state)
+        assert_same_batches(got, expected)
+        assert got_states == states
+        assert held.decoded_bytes() == sum(v.numel() * v.element_size() for v in held.decode_all().values())
+
+
 # --- decoding options and foreign shards ----------------------------------------------------
 
 

@@ -369,6 +369,63 @@ class PatchLoader:
             current = following
         raise AssertionError("unreachable: the window plan never ends")
 
+    def iter_rows(self, start: LoaderState) -> Iterator[tuple[LoaderState, np.ndarray]]:
+        """:meth:`iter_batches`'s sequence as row indices into :meth:`decode_all`, decoding nothing.
+
+        Yields:
+            ``(state after this batch, (batch_size,) int64 rows)``, forever.
+        """
+        bs = self.batch_size
+        offsets = dict(zip(self.units, np.cumsum([0] + [u.rows for u in self.units[:-1]]).tolist()))
+        epoch, b = -1, 0
+        carry: list[np.ndarray] = []
+        carried = 0
+        for w in self._window_plan(start):
+            # the window's rows in the order _start_window decodes them
+            rows = np.concatenate([np.arange(offsets[u], offsets[u] + u.rows) for u in w.units])
+            if w.epoch != epoch:
+                epoch, b, carry, carried = w.epoch, w.first_batch, [], 0
+            order = _rng(self.seed, w.epoch, self.consumer, w.index).permutation(w.rows)[w.skip :]
+            pos = 0
+            while b < w.n_batches and carried + len(order) - pos >= bs:
+                idx = order[pos : pos + bs - carried]
+                pos += len(idx)
+                batch = np.concatenate([*carry, rows[idx]]) if carry else rows[idx]
+                carry, carried = [], 0
+                b += 1
+                yield (LoaderState(epoch, b) if b < w.n_batches else LoaderState(epoch + 1, 0)), batch
+            if b < w.n_batches and pos < len(order):
+                carry.append(rows[order[pos:]])
+                carried += len(order) - pos
+        raise AssertionError("unreachable: the window plan never ends")
+
+    def decode_all(self) -> Batch:
+        """Every row of every shard (all consumers' rows), in shard and row-group order, as
+        one tensor per field in the batch layout (rows indexed by :meth:`iter_rows`)."""
+        arrays = self._start_window(self.units, {})()
+        return {k: torch.from_numpy(_as_model_dtype(k, v)) for k, v in arrays.items()}
+
+    def decoded_bytes(self) -> int:
+        """Bytes :meth:`decode_all` takes (theta as float32)."""
+        lay = self.layout
+        per_row = {
+            "lr": lay.num_frames * lay.lr_bytes,
+            "rof": lay.num_frames * lay.lr_bytes,
+            "hr": lay.hr_bytes,
+            "theta": 8 * (lay.num_frames - 1),
+        }
+        return sum(u.rows for u in self.units) * sum(per_row[f] for f in self.fields)
+
+    def resident(self, device: torch.device | str) -> Iterator[Batch]:
+        """Like ``iter(self)`` (same batches, same ``state``), from a copy of all the data held
+        on ``device``: each batch is one gather there, so nothing is decoded or copied per step
+        (for a GPU that trains faster than the shards decode)."""
+        data = {k: v.to(device) for k, v in self.decode_all().items()}
+        for state, rows in self.iter_rows(self.state):
+            idx = torch.from_numpy(rows).to(device, non_blocking=True)
+            self.state = state
+            yield {k: v.index_select(0, idx) for k, v in data.items()}
+
     def __iter__(self) -> Iterator[Batch]:
         """Iterates forever from ``self.state``, keeping it current."""
         for state, batch in self.iter_batches(self.state):

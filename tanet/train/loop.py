@@ -258,7 +258,7 @@ def run_job(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
-    batches = loader.prefetching(pin_memory=True) if device.type == "cuda" else iter(loader)
+    batches = _batches(loader, device)
     busy, seen = 0.0, 0  # time in training steps (not validation or checkpoints) and patches since the last log
     try:
         for step in range(start, optim.steps):
@@ -343,6 +343,23 @@ def _loader(job: Job, patches_dir: Path, rank: int, world: int) -> PatchLoader:
         fields=fields,
         verify=rank == 0,
     )
+
+
+RESIDENT_SHARE = 0.25  # of the GPU's memory the whole decoded dataset may take to be held there
+
+
+def _batches(loader: PatchLoader, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches: on a GPU from a copy of all the data held there when it fits in
+    :data:`RESIDENT_SHARE` of its memory (a step on TANet-S outruns decoding the shards),
+    else streamed with prefetching; on the CPU streamed."""
+    if device.type != "cuda":
+        return iter(loader)
+    need, total = loader.decoded_bytes(), torch.cuda.get_device_properties(device).total_memory
+    if need <= RESIDENT_SHARE * total:
+        log.info("patches held on %s: %.2f GiB of %.0f", device, need / 2**30, total / 2**30)
+        return loader.resident(device)
+    log.info("patches streamed: %.2f GiB decoded exceeds %.0f %% of %s", need / 2**30, 100 * RESIDENT_SHARE, device)
+    return loader.prefetching(pin_memory=True)
 
 
 def _log_record(
