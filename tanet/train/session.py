@@ -57,6 +57,7 @@ MANIFEST = "session.json"
 ARCHIVE = "session.tar"
 DEFAULT_EXCLUDE = ("cityscapes_seq_vid2vid_2048x1024",)
 RESERVE_S = 30.0  # of the budget, kept for packing the results
+MIN_JOB_S = 45.0  # a job's start-up (imports, reading the patches) and one checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +243,7 @@ def run(pack_dir: Path, out: Path, *, budget_s: float, work: Path, device: str =
     summary["data_s"] = round(time.monotonic() - data_t, 1)
     for job in plan:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left < MIN_JOB_S:
             summary["jobs"][job.name] = {"status": "not started (budget spent)"}
             continue
         if job.branches_from and not pretrained(work / "models" / job.branches_from, num_branches(base, job)):
@@ -250,6 +251,8 @@ def run(pack_dir: Path, out: Path, *, budget_s: float, work: Path, device: str =
             continue
         summary["jobs"][job.name] = train_job(job, base, frames, data_dirs, work, left, device)
         atomic_write_json(work / MANIFEST, summary)
+        if job.name == "tanet-s" and cuda(device):  # the GPU figures, once the first model is safe
+            summary["perf"] = perf(work / "logs", deadline - time.monotonic())
     summary["wall_s"] = round(time.monotonic() - t0, 1)
     return pack_results(work, Path(out), summary)
 
@@ -345,6 +348,65 @@ def train_job(
     return {**result, "status": status, "stopped_at": stopped, "figures": figures}
 
 
+PERF_COMMANDS = {
+    # SR network on pre-aligned windows, 960x540 -> 3840x2160: eager and fused bf16, compiled
+    "upscale": ["benchmarks/bench_upscale.py", "--device", "cuda", "--compile", "--seconds", "2"],
+    # training patches/s, TANet-S at 48x48 LR, batch 64, bf16 and fp32
+    "train_bf16": [
+        "benchmarks/bench_train.py",
+        "--device",
+        "cuda",
+        "--batch",
+        "64",
+        "--patch",
+        "48",
+        "--precision",
+        "bf16",
+    ],
+    "train_fp32": [
+        "benchmarks/bench_train.py",
+        "--device",
+        "cuda",
+        "--batch",
+        "64",
+        "--patch",
+        "48",
+        "--precision",
+        "fp32",
+    ],
+}
+PERF_MIN_S = 150.0  # not started with less of the budget left
+
+
+def perf(logs: Path, left_s: float) -> dict[str, str]:
+    """Runs the GPU benchmarks (:data:`PERF_COMMANDS`) while time is left; their output goes to
+    ``logs/perf-<name>.log``. Returns each one's status."""
+    root = Path(__file__).resolve().parents[2]
+    status: dict[str, str] = {}
+    t_end = time.monotonic() + left_s - PERF_MIN_S / 2  # leave the next jobs something
+    for name, args in PERF_COMMANDS.items():
+        left = t_end - time.monotonic()
+        if left < PERF_MIN_S / 2 or not (root / args[0]).is_file():
+            status[name] = "not run (time or script missing)"
+            continue
+        with (logs / f"perf-{name}.log").open("w") as f:
+            try:
+                proc = subprocess.run(
+                    [sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, cwd=root, timeout=left, check=False
+                )
+                status[name] = f"exit {proc.returncode}"
+            except subprocess.TimeoutExpired:
+                status[name] = f"timed out after {left:.0f} s"
+    return status
+
+
+def cuda(device: str) -> bool:
+    """Whether the session trains on a GPU."""
+    import torch
+
+    return device != "cpu" and torch.cuda.is_available()
+
+
 def last_json(text: str) -> dict[str, Any] | None:
     """The JSON object ``python -m tanet.train`` prints last (after its log lines)."""
     start = text.rfind("\n{")
@@ -371,7 +433,7 @@ def device_description(device: str) -> str:
     """The training device in words (GPU name and count, or the CPU)."""
     import torch
 
-    if device != "cpu" and torch.cuda.is_available():
+    if cuda(device):
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return f"CPU ({os.cpu_count()} cores), torch {torch.__version__}"
 
