@@ -332,40 +332,45 @@ class PatchLoader:
                     yield _Window(epoch, wi, windows[wi], sizes[wi], skip, first, n_batches)
             epoch, first = epoch + 1, 0
 
+    def _cuts(self, start: LoaderState) -> Iterator[_Cuts]:
+        """How each window of the plan from ``start`` on is cut into batches (no decoding)."""
+        bs = self.batch_size
+        epoch, b, carried = -1, 0, 0
+        for w in self._window_plan(start):
+            new_epoch = w.epoch != epoch
+            if new_epoch:  # the previous epoch's remainder is dropped
+                epoch, b, carried = w.epoch, w.first_batch, 0
+            order = _rng(self.seed, w.epoch, self.consumer, w.index).permutation(w.rows)[w.skip :]
+            batches, pos = [], 0
+            while b < w.n_batches and carried + len(order) - pos >= bs:
+                idx = order[pos : pos + bs - carried]
+                pos, carried, b = pos + len(idx), 0, b + 1
+                batches.append((LoaderState(epoch, b) if b < w.n_batches else LoaderState(epoch + 1, 0), idx))
+            rest = order[pos:] if b < w.n_batches and pos < len(order) else None
+            carried += 0 if rest is None else len(rest)
+            yield _Cuts(w, new_epoch, batches, rest)
+
     def iter_batches(self, start: LoaderState) -> Iterator[tuple[LoaderState, Batch]]:
         """Yields ``(state after this batch, batch)`` forever, starting at ``start``."""
-        bs = self.batch_size
-        plan = self._window_plan(start)
+        plan = self._cuts(start)
         buffers: list[dict[str, np.ndarray]] = [{}, {}]  # double-buffered window arrays
         current = next(plan)
-        pending = self._start_window(current.units, buffers[0])
-        epoch, b = -1, 0
+        pending = self._start_window(current.window.units, buffers[0])
         carry: list[dict[str, np.ndarray]] = []  # rows gathered for the next batch (< bs rows)
-        carried = 0
         for i in itertools.count(1):
             data = pending()
             following = next(plan)
-            pending = self._start_window(following.units, buffers[i % 2])  # decodes while we gather
-            w = current
-            if w.epoch != epoch:  # a new epoch: the previous one's remainder is dropped
-                epoch, b, carry, carried = w.epoch, w.first_batch, [], 0
-            order = _rng(self.seed, w.epoch, self.consumer, w.index).permutation(w.rows)[w.skip :]
-            pos = 0
-            while b < w.n_batches and carried + len(order) - pos >= bs:
-                idx = order[pos : pos + bs - carried]
-                pos += len(idx)
+            pending = self._start_window(following.window.units, buffers[i % 2])  # decodes while we gather
+            if current.new_epoch:
+                carry = []
+            for state, idx in current.batches:
+                rows = {k: _gather(v, idx) for k, v in data.items()}
                 if carry:
-                    parts = [*carry, {k: _gather(v, idx) for k, v in data.items()}]
-                    rows = {k: np.concatenate([q[k] for q in parts]) for k in data}
-                    carry, carried = [], 0
-                else:
-                    rows = {k: _gather(v, idx) for k, v in data.items()}
-                b += 1
-                state = LoaderState(epoch, b) if b < w.n_batches else LoaderState(epoch + 1, 0)
+                    rows = {k: np.concatenate([*(q[k] for q in carry), rows[k]]) for k in data}
+                    carry = []
                 yield state, {k: torch.from_numpy(_as_model_dtype(k, v)) for k, v in rows.items()}
-            if b < w.n_batches and pos < len(order):
-                carry.append({k: _gather(v, order[pos:]) for k, v in data.items()})
-                carried += len(order) - pos
+            if current.rest is not None:  # copied now: this window's buffer is decoded into next
+                carry.append({k: _gather(v, current.rest) for k, v in data.items()})
             current = following
         raise AssertionError("unreachable: the window plan never ends")
 
@@ -375,28 +380,18 @@ class PatchLoader:
         Yields:
             ``(state after this batch, (batch_size,) int64 rows)``, forever.
         """
-        bs = self.batch_size
         offsets = dict(zip(self.units, np.cumsum([0] + [u.rows for u in self.units[:-1]]).tolist()))
-        epoch, b = -1, 0
         carry: list[np.ndarray] = []
-        carried = 0
-        for w in self._window_plan(start):
+        for cut in self._cuts(start):
             # the window's rows in the order _start_window decodes them
-            rows = np.concatenate([np.arange(offsets[u], offsets[u] + u.rows) for u in w.units])
-            if w.epoch != epoch:
-                epoch, b, carry, carried = w.epoch, w.first_batch, [], 0
-            order = _rng(self.seed, w.epoch, self.consumer, w.index).permutation(w.rows)[w.skip :]
-            pos = 0
-            while b < w.n_batches and carried + len(order) - pos >= bs:
-                idx = order[pos : pos + bs - carried]
-                pos += len(idx)
-                batch = np.concatenate([*carry, rows[idx]]) if carry else rows[idx]
-                carry, carried = [], 0
-                b += 1
-                yield (LoaderState(epoch, b) if b < w.n_batches else LoaderState(epoch + 1, 0)), batch
-            if b < w.n_batches and pos < len(order):
-                carry.append(rows[order[pos:]])
-                carried += len(order) - pos
+            rows = np.concatenate([np.arange(offsets[u], offsets[u] + u.rows) for u in cut.window.units])
+            if cut.new_epoch:
+                carry = []
+            for state, idx in cut.batches:
+                yield state, np.concatenate([*carry, rows[idx]]) if carry else rows[idx]
+                carry = []
+            if cut.rest is not None:
+                carry.append(rows[cut.rest])
         raise AssertionError("unreachable: the window plan never ends")
 
     def decode_all(self) -> Batch:
@@ -500,6 +495,16 @@ class _Window:
     skip: int  # permuted rows already consumed before the start state
     first_batch: int  # batch index of the epoch at which iteration started (0 after the first epoch)
     n_batches: int  # full batches in this epoch for this consumer
+
+
+@dataclass(frozen=True)
+class _Cuts:
+    """One window's batches: rows are indices into the window in decoding order."""
+
+    window: _Window
+    new_epoch: bool  # rows carried from the window before are dropped
+    batches: list[tuple[LoaderState, np.ndarray]]  # (state after the batch, this window's rows of it)
+    rest: np.ndarray | None  # rows carried into the next window's first batch
 
 
 def _as_model_dtype(field: str, arr: np.ndarray) -> np.ndarray:
