@@ -128,3 +128,16 @@ def test_pack_refuses_frames_over_the_carry_limit_and_unknown_jobs(frames: Path,
 def test_last_json_reads_the_summary_after_log_lines() -> None:
     assert last_json('2026 INFO x {"a": 1}\n{\n  "joint": {"stopped_at": 3}\n}\n') == {"joint": {"stopped_at": 3}}
     assert last_json("no json here") is None
+
+
+def test_the_gpu_benchmarks_run_from_the_checkout_and_say_when_there_is_no_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tanet.train.session import PERF_COMMANDS, perf
+
+    monkeypatch.chdir(tmp_path)  # the scripts are found from the checkout, not the working directory
+    assert set(perf(tmp_path, 0).values()) == {"not run (time or script missing)"}
+    status = perf(tmp_path, 600)
+    assert set(status) == set(PERF_COMMANDS) and all(v.startswith("exit ") for v in status.values())
+    for name in PERF_COMMANDS:  # here (no CUDA) each one says so instead of a figure
+        assert "CUDA" in (tmp_path / f"perf-{name}.log").read_text()

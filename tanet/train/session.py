@@ -338,7 +338,7 @@ def train_job(
     t0 = time.monotonic()
     log_path = work / "logs" / f"{job.name}.log"
     with log_path.open("a") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(), check=False)
     result: dict[str, Any] = {"wall_s": round(time.monotonic() - t0, 1)}
     figures = last_json(log_path.read_text())
     if proc.returncode != 0 or figures is None:
@@ -373,12 +373,26 @@ def perf(logs: Path, left_s: float) -> dict[str, str]:
         with (logs / f"perf-{name}.log").open("w") as f:
             try:
                 proc = subprocess.run(
-                    [sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, cwd=root, timeout=left, check=False
+                    [sys.executable, *args],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    cwd=root,
+                    env=child_env(),
+                    timeout=left,
+                    check=False,
                 )
                 status[name] = f"exit {proc.returncode}"
             except subprocess.TimeoutExpired:
                 status[name] = f"timed out after {left:.0f} s"
     return status
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with the checkout on ``PYTHONPATH``: the GPU host runs the
+    checkout as it is, with nothing installed."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
 def cuda(device: str) -> bool:
