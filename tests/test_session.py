@@ -141,3 +141,17 @@ def test_the_gpu_benchmarks_run_from_the_checkout_and_say_when_there_is_no_cuda(
     assert set(status) == set(PERF_COMMANDS) and all(v.startswith("exit ") for v in status.values())
     for name in PERF_COMMANDS:  # here (no CUDA) each one says so instead of a figure
         assert "CUDA" in (tmp_path / f"perf-{name}.log").read_text()
+
+
+def test_a_session_that_fails_still_returns_its_logs_and_says_why(frames: Path, tmp_path: Path) -> None:
+    from tanet.train.session import run
+
+    pack(tmp_path / "pack", frames=frames, exclude=["srcb"], preset="tiny", overrides=TINY, jobs=["tanet-s"])
+    # the carried frames damaged: ingest fails, naming a file
+    for clip in (tmp_path / "pack" / "frames" / "srca").iterdir():
+        for f in clip.iterdir():
+            f.write_bytes(b"not a png")
+    summary = run(tmp_path / "pack", tmp_path / "out", budget_s=600, work=tmp_path / "work", device="cpu")
+    assert "im1.png: cannot decode image" in summary["error"]
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["error"] == summary["error"]
+    assert summary["parts"] and summary["jobs"] == {}

@@ -238,6 +238,25 @@ def run(pack_dir: Path, out: Path, *, budget_s: float, work: Path, device: str =
         shutil.copytree(pack_dir / "ckpt", work / "ckpt", dirs_exist_ok=True)
     frames = pack_dir / "frames"
     summary: dict[str, Any] = {"budget_s": budget_s, "device": device_description(device), "jobs": {}}
+    try:
+        run_plan(plan, base, frames, work, deadline, device, summary)
+    except Exception as err:  # noqa: BLE001 - what the session made (logs, checkpoints) still goes back
+        log.exception("session stopped early")
+        summary["error"] = f"{type(err).__name__}: {err}"
+    summary["wall_s"] = round(time.monotonic() - t0, 1)
+    return pack_results(work, Path(out), summary)
+
+
+def run_plan(
+    plan: Sequence[SessionJob],
+    base: dict[str, Any],
+    frames: Path,
+    work: Path,
+    deadline: float,
+    device: str,
+    summary: dict[str, Any],
+) -> None:
+    """The data stages, then each job while time is left; ``summary["jobs"]`` filled as they end."""
     data_t = time.monotonic()
     data_dirs = build_data(base, plan, frames, work / "data")
     summary["data_s"] = round(time.monotonic() - data_t, 1)
@@ -253,8 +272,6 @@ def run(pack_dir: Path, out: Path, *, budget_s: float, work: Path, device: str =
         atomic_write_json(work / MANIFEST, summary)
         if job.name == "tanet-s" and cuda(device):  # the GPU figures, once the first model is safe
             summary["perf"] = perf(work / "logs", deadline - time.monotonic())
-    summary["wall_s"] = round(time.monotonic() - t0, 1)
-    return pack_results(work, Path(out), summary)
 
 
 def build_data(base: dict[str, Any], plan: Sequence[SessionJob], frames: Path, root: Path) -> dict[str, Path]:
@@ -572,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tanet.train.session: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
-    return 0
+    return 1 if "error" in result else 0
 
 
 def tracked_files() -> list[str]:
