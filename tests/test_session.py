@@ -17,6 +17,7 @@ from bare_host import bare_host_python
 
 from tanet.errors import TanetError
 from tanet.io.model_files import load_model_dir
+from tanet.train.checkpoint import checkpoint_dirs
 from tanet.train.session import MANIFEST, MAX_FILES, PART_SIZE, last_json, pack, select_jobs, unpack
 
 ENV_THREADS = {"OMP_NUM_THREADS": "1"}
@@ -42,53 +43,70 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_session(pack_dir: Path, out: Path, work: Path, tmp: Path, budget: float = 600) -> dict[str, Any]:
+def run_session(pack_dir: Path, out: Path, work: Path, tmp: Path, *extra: str) -> dict[str, Any]:
     py, env = bare_host_python(tmp, {**os.environ, **ENV_THREADS})
     cmd = [*py, "-m", "tanet.train.session", "run", "--pack", str(pack_dir), "--out", str(out), "--work", str(work)]
-    proc = subprocess.run(
-        [*cmd, "--budget", str(budget), "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600
-    )
+    proc = subprocess.run([*cmd, "--device", "cpu", *extra], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    returned = sorted(p.name for p in out.iterdir())
+    assert len(returned) <= MAX_FILES and all((out / n).stat().st_size <= PART_SIZE for n in returned)
     return json.loads((out / MANIFEST).read_text())
 
 
-def test_pack_run_unpack_and_the_next_session_resumes(frames: Path, tmp_path: Path) -> None:
+def ckpt_steps(folder: Path) -> list[int]:
+    return [int(p.name.removeprefix("step_")) for p in checkpoint_dirs(folder)]
+
+
+def status(summary: dict[str, Any]) -> dict[str, str]:
+    return {k: v["status"] for k, v in summary["jobs"].items()}
+
+
+def test_three_sessions_stop_resume_and_skip_what_finished(frames: Path, tmp_path: Path) -> None:
     ckpts = tmp_path / "checkpoints" / "gpu"
-    packed = pack(
-        tmp_path / ".gpu" / "pack",  # its parent made too
-        frames=frames,
-        exclude=["srcb"],
-        preset="tiny",
-        overrides=TINY,
-        jobs=["tanet-s", "mixing-uniform"],
-    )
-    assert packed["sources"] == ["srca"] and packed["resumed"] == []
-    base = json.loads((tmp_path / ".gpu" / "pack" / "base.json").read_text())  # JSON: the host has no PyYAML
+    jobs = ["tanet-s", "mixing-uniform"]
+
+    def pack_session(n: int) -> dict[str, Any]:
+        return pack(
+            tmp_path / ".gpu" / f"pack{n}",  # its parent made too
+            frames=frames,
+            exclude=["srcb"],
+            preset="tiny",
+            overrides=TINY,
+            checkpoints=ckpts,
+            jobs=jobs,
+        )
+
+    # 1: every job gets 0 s, so tanet-s stops after its first step; the ablation waits for its branches.
+    packed = pack_session(1)
+    assert packed["sources"] == ["srca"] and packed["resumed"] == packed["done"] == []
+    base = json.loads((tmp_path / ".gpu" / "pack1" / "base.json").read_text())  # JSON: the host has no PyYAML
     assert base["ingest"]["embedded"] == [] and "srcb" in base["ingest"]["shared_train_exclude"]
+    summary = run_session(
+        tmp_path / ".gpu" / "pack1", tmp_path / "out1", tmp_path / "w1", tmp_path / "h1", "--job-limit", "0"
+    )
+    assert status(summary) == {"tanet-s": "stopped", "mixing-uniform": "not started (tanet-s's branches unfinished)"}
+    assert summary["jobs"]["tanet-s"]["stopped_at"] == {"branch_1": 1}
+    unpack(tmp_path / "out1", to=tmp_path / "returned1", checkpoints=ckpts)
+    assert ckpt_steps(ckpts / "tanet-s" / "ckpt" / "pretrain" / "branch_1") == [1]
 
-    summary = run_session(tmp_path / ".gpu" / "pack", tmp_path / "out", tmp_path / "work", tmp_path / "host1")
-    assert {k: v["status"] for k, v in summary["jobs"].items()} == {"tanet-s": "finished", "mixing-uniform": "finished"}
-    assert summary["left_out"] == []
-    returned = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(returned) <= MAX_FILES and all((tmp_path / "out" / n).stat().st_size <= PART_SIZE for n in returned)
-
-    got = unpack(tmp_path / "out", to=tmp_path / "returned", checkpoints=ckpts)
-    assert got["jobs"]["tanet-s"]["status"] == "finished"
-    net, meta = load_model_dir(tmp_path / "returned" / "models" / "tanet-s" / "joint")
+    # 2: resumed from that step; both finish.
+    assert pack_session(2)["resumed"] == ["tanet-s"]
+    summary = run_session(tmp_path / ".gpu" / "pack2", tmp_path / "out2", tmp_path / "w2", tmp_path / "h2")
+    assert status(summary) == {"tanet-s": "finished", "mixing-uniform": "finished"}
+    assert "branch_1: resumed from" in (tmp_path / "w2" / "logs" / "tanet-s.log").read_text()
+    unpack(tmp_path / "out2", to=tmp_path / "returned2", checkpoints=ckpts)
+    net, meta = load_model_dir(ckpts / "tanet-s" / "models" / "joint")
     assert meta["kind"] == "joint" and net.cfg.alignment == "rof"
-    uniform, _ = load_model_dir(tmp_path / "returned" / "models" / "mixing-uniform" / "joint")
+    assert not (ckpts / "tanet-s" / "ckpt").exists()  # finished: the models are what is kept
+    uniform, _ = load_model_dir(tmp_path / "returned2" / "models" / "mixing-uniform" / "joint")
     tail = [p for n, p in uniform.named_parameters() if n.startswith("tanet.modulation")][-2:]
-    assert all(float(p.detach().abs().max()) == 0.0 for p in tail)  # the frozen uniform mixing came back as trained
-    assert sorted(p.name for p in ckpts.iterdir()) == ["mixing-uniform", "tanet-s"]
-    assert (tmp_path / "returned" / "logs" / "tanet-s.log").is_file()
+    assert all(float(p.detach().abs().max()) == 0.0 for p in tail)  # the frozen uniform mixing, as trained
 
-    # The next session carries those checkpoints and resumes from them (here: at the last step).
-    again = pack(tmp_path / "pack2", frames=frames, exclude=["srcb"], preset="tiny", overrides=TINY, checkpoints=ckpts)
-    assert again["resumed"] == ["tanet-s", "mixing-uniform"]
-    summary = run_session(tmp_path / "pack2", tmp_path / "out2", tmp_path / "work2", tmp_path / "host2")
-    log = (tmp_path / "work2" / "logs" / "tanet-s.log").read_text()
-    assert "joint: resumed from" in log and "branch_1: resumed from" in log
-    assert summary["jobs"]["tanet-s"]["status"] == "finished"
+    # 3: nothing left to train: both are carried as models and skipped.
+    assert pack_session(3)["done"] == jobs
+    summary = run_session(tmp_path / ".gpu" / "pack3", tmp_path / "out3", tmp_path / "w3", tmp_path / "h3")
+    assert status(summary) == {"tanet-s": "finished earlier", "mixing-uniform": "finished earlier"}
+    assert not (tmp_path / "w3" / "logs" / "tanet-s.log").exists() and not (tmp_path / "w3" / "data").exists()
 
 
 def test_a_damaged_part_is_named_and_nothing_is_extracted(tmp_path: Path) -> None:

@@ -5,18 +5,22 @@ opencv and safetensors but no ffmpeg, PyYAML, Prefect, MLflow or DVC; it receive
 checkout plus at most 64 MiB of carried files and returns at most 8 files of 16 MiB. One
 session is three commands::
 
-    python -m tanet.train.session pack --out .gpu/pack        # here: frames, params, newest checkpoints
+    python -m tanet.train.session pack --out .gpu/pack        # here: frames, params, what earlier sessions left
     python -m tanet.train.session run --pack .gpu/pack --out $OUT --budget 400   # there
-    python -m tanet.train.session unpack FILES_AT             # here: checkpoints into checkpoints/gpu
+    python -m tanet.train.session unpack FILES_AT             # here: each job's state into checkpoints/gpu
 
 ``run`` builds the data stages from the carried frames (frame folders are read without
 ffmpeg), then trains the jobs of :data:`PLAN` in priority order (``tanet-s`` BI, then
 ``tanet-s-bd``, the S-size ablations, ``tanet-l`` last), each through ``python -m
 tanet.train`` with ``--time-limit`` set to what is left of the budget: the job that runs out
-checkpoints where it stands and the next session resumes it from that checkpoint. What
-came of it (finished model folders, the newest checkpoint of every job, logs, a summary)
-goes back as one tar archive split into parts under the size limit, with a manifest of
-their sha256 that ``unpack`` checks.
+checkpoints where it stands and the next session resumes it from that checkpoint
+(``--job-limit`` caps each job, so later jobs get time too). What came of it (a finished
+job's model folders, an unfinished one's newest checkpoints, logs, a summary) goes back as
+one tar archive split into parts under the size limit, with a manifest of their sha256
+that ``unpack`` checks. ``unpack`` keeps one folder a job in ``checkpoints/gpu``:
+``ckpt/`` to resume, or ``models/`` once it finished; the next ``pack`` carries those in
+priority order while they fit, and ``run`` skips a finished job (its pretrained branches
+still feed the ablations).
 
 Params: the ``full`` preset with JSON params (no PyYAML there), ``ingest.embedded: []``,
 the carried frames as ``ingest.shared_train_dir`` and the sources that do not fit left out
@@ -109,7 +113,11 @@ def pack(
     limit: int = CARRY_LIMIT,
     checkout_bytes: int = 0,
 ) -> dict[str, Any]:
-    """Writes the folder to carry: ``frames/``, ``base.json`` (params), ``plan.json``, ``ckpt/<job>/``.
+    """Writes the folder to carry: ``frames/``, ``base.json`` (params), ``plan.json``, ``jobs/<job>/``.
+
+    ``jobs/<job>/`` is the job's folder from ``checkpoints``: ``ckpt/`` (its newest checkpoints,
+    resumed) or, once it finished, ``models/`` (its model folders: skipped, and its pretrained
+    branches feed the ablations), carried in priority order while they fit.
 
     Args:
         out: the folder to write (replaced; keep it git-ignored, e.g. ``.gpu/pack``).
@@ -117,7 +125,7 @@ def pack(
         exclude: source folders left out.
         preset: the base preset; ``overrides`` (dotted keys) go on top.
         overrides: dotted params keys set on the preset.
-        checkpoints: the newest checkpoints of earlier sessions (``checkpoints/gpu``), resumed.
+        checkpoints: what earlier sessions left (``checkpoints/gpu``, as :func:`unpack` writes it).
         jobs: the jobs to run, in :data:`PLAN` order (default: all of them).
         limit: bytes the carried files may take, the checkout's ``checkout_bytes`` included.
         checkout_bytes: what the checkout itself takes of ``limit``.
@@ -161,7 +169,9 @@ def pack(
                 f"{frames}: the frames take {folder_bytes(tmp / 'frames') / MiB:.1f} MiB, over the carry limit "
                 f"({limit / MiB:.0f} MiB with the checkout's {checkout_bytes / MiB:.1f}); exclude a source"
             )
-        carried, left_out = [], []
+        carried: list[str] = []
+        done: list[str] = []
+        left_out: list[str] = []
         for job in plan:  # resume states in priority order while they fit
             if checkpoints is None or not (Path(checkpoints) / job.name).is_dir():
                 continue
@@ -170,15 +180,16 @@ def pack(
             if used + size > limit:
                 left_out.append(job.name)
                 continue
-            shutil.copytree(src, tmp / "ckpt" / job.name)
+            shutil.copytree(src, tmp / "jobs" / job.name)
             used += size
-            carried.append(job.name)
+            (done if finished(src / "models") else carried).append(job.name)
         summary = {
             "jobs": [j.name for j in plan],
             "sources": [s.name for s in sources],
             "frames_mib": round(folder_bytes(tmp / "frames") / MiB, 2),
             "carried_mib": round(used / MiB, 2),
             "resumed": carried,
+            "done": done,
             "resume_left_out": left_out,
         }
         (tmp / "pack.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -219,8 +230,25 @@ def folder_bytes(path: Path) -> int:
 
 
 # -- run (there) --------------------------------------------------------------------------
-def run(pack_dir: Path, out: Path, *, budget_s: float, work: Path, device: str = "auto") -> dict[str, Any]:
+def run(
+    pack_dir: Path,
+    out: Path,
+    *,
+    budget_s: float,
+    work: Path,
+    device: str = "auto",
+    job_limit_s: float | None = None,
+) -> dict[str, Any]:
     """Data stages, then the jobs in priority order within ``budget_s`` seconds; results into ``out``.
+
+    Args:
+        pack_dir: what :func:`pack` wrote.
+        out: the folder that goes back (parts and ``session.json``).
+        budget_s: seconds for the whole session, packing included.
+        work: scratch (data, checkpoints, models, logs).
+        device: ``auto``, ``cuda`` or ``cpu``.
+        job_limit_s: at most this many seconds a job (None: what is left), so that later
+            jobs of the plan get time too.
 
     Returns:
         The session summary (also in ``out/session.json``): per job ``finished``,
@@ -234,12 +262,14 @@ def run(pack_dir: Path, out: Path, *, budget_s: float, work: Path, device: str =
     work.mkdir(parents=True, exist_ok=True)
     for folder in ("ckpt", "models", "logs"):
         (work / folder).mkdir(exist_ok=True)
-    if (pack_dir / "ckpt").is_dir():
-        shutil.copytree(pack_dir / "ckpt", work / "ckpt", dirs_exist_ok=True)
+    for job in plan:  # what earlier sessions left: checkpoints to resume, or finished models
+        for part in ("ckpt", "models"):
+            if (pack_dir / "jobs" / job.name / part).is_dir():
+                shutil.copytree(pack_dir / "jobs" / job.name / part, work / part / job.name, dirs_exist_ok=True)
     frames = pack_dir / "frames"
     summary: dict[str, Any] = {"budget_s": budget_s, "device": device_description(device), "jobs": {}}
     try:
-        run_plan(plan, base, frames, work, deadline, device, summary)
+        run_plan(plan, base, frames, work, deadline, device, summary, job_limit_s)
     except Exception as err:  # noqa: BLE001 - what the session made (logs, checkpoints) still goes back
         log.exception("session stopped early")
         summary["error"] = f"{type(err).__name__}: {err}"
@@ -255,20 +285,27 @@ def run_plan(
     deadline: float,
     device: str,
     summary: dict[str, Any],
+    job_limit_s: float | None = None,
 ) -> None:
     """The data stages, then each job while time is left; ``summary["jobs"]`` filled as they end."""
-    data_t = time.monotonic()
-    data_dirs = build_data(base, plan, frames, work / "data")
-    summary["data_s"] = round(time.monotonic() - data_t, 1)
+    data_dirs: dict[str, Path] | None = None  # built when the first job needs them
     for job in plan:
-        left = deadline - time.monotonic()
-        if left < MIN_JOB_S:
-            summary["jobs"][job.name] = {"status": "not started (budget spent)"}
+        if finished(work / "models" / job.name):
+            summary["jobs"][job.name] = {"status": "finished earlier"}
             continue
         if job.branches_from and not pretrained(work / "models" / job.branches_from, num_branches(base, job)):
             summary["jobs"][job.name] = {"status": f"not started ({job.branches_from}'s branches unfinished)"}
             continue
-        summary["jobs"][job.name] = train_job(job, base, frames, data_dirs, work, left, device)
+        if data_dirs is None and deadline - time.monotonic() >= MIN_JOB_S:
+            data_t = time.monotonic()
+            data_dirs = build_data(base, plan, frames, work / "data")
+            summary["data_s"] = round(time.monotonic() - data_t, 1)
+        left = deadline - time.monotonic()
+        if data_dirs is None or left < MIN_JOB_S:
+            summary["jobs"][job.name] = {"status": "not started (budget spent)"}
+            continue
+        limit = left if job_limit_s is None else min(left, job_limit_s)
+        summary["jobs"][job.name] = train_job(job, base, frames, data_dirs, work, limit, device)
         atomic_write_json(work / MANIFEST, summary)
         if job.name == "tanet-s" and cuda(device):  # the GPU figures, once the first model is safe
             summary["perf"] = perf(work / "logs", deadline - time.monotonic())
@@ -430,6 +467,11 @@ def last_json(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def finished(models: Path) -> bool:
+    """Whether a job's models folder holds its finished joint network."""
+    return (models / "joint" / "model.json").is_file()
+
+
 def pretrained(job_dir: Path, n: int) -> bool:
     """Whether a job's pretraining finished: its ``n`` branch model folders exist."""
     return all((job_dir / "pretrain" / f"branch_{i}" / "model.json").is_file() for i in range(1, n + 1))
@@ -460,9 +502,9 @@ def pack_results(work: Path, out: Path, summary: dict[str, Any], part_size: int 
     size = sum(p.stat().st_size for p in members)
     left_out = []
     for name in summary["jobs"]:
-        files = [
-            p for d in (work / "ckpt" / name, work / "models" / name) if d.is_dir() for p in d.rglob("*") if p.is_file()
-        ]
+        # a finished job's models are its result; its checkpoints are no longer needed
+        dirs = [work / "models" / name] + ([] if finished(work / "models" / name) else [work / "ckpt" / name])
+        files = [p for d in dirs if d.is_dir() for p in d.rglob("*") if p.is_file()]
         extra = sum(p.stat().st_size for p in files)
         if size + extra > room * 0.98:  # tar headers and padding
             left_out.append(name)
@@ -493,7 +535,8 @@ def unpack(returned: Path, *, to: Path, checkpoints: Path) -> dict[str, Any]:
     Args:
         returned: the folder with ``session.json`` and its parts (the device tool's files).
         to: where the archive is extracted (model folders, logs).
-        checkpoints: the resume folder (``checkpoints/gpu``): each returned job replaces its own.
+        checkpoints: the resume folder (``checkpoints/gpu``): a job that came back replaces its
+            folder there with ``models/`` (finished) or ``ckpt/`` (to resume).
 
     Raises:
         TanetError: a missing or damaged part (named), or an archive member outside ``to``.
@@ -523,12 +566,16 @@ def unpack(returned: Path, *, to: Path, checkpoints: Path) -> dict[str, Any]:
             tar.extractall(staging, filter="data")  # refuses absolute paths and ``..``
         to.mkdir(parents=True, exist_ok=True)
         shutil.copytree(staging, to, dirs_exist_ok=True)
-        for job_ckpt in sorted((staging / "ckpt").glob("*")) if (staging / "ckpt").is_dir() else []:
-            dest = Path(checkpoints) / job_ckpt.name
+        for name in summary["jobs"]:  # each job's folder replaced by what came back of it
+            models, ckpt = staging / "models" / name, staging / "ckpt" / name
+            if not models.is_dir() and not ckpt.is_dir():
+                continue  # not started, or left out for size: what is there stays
+            dest = Path(checkpoints) / name
             if dest.exists():
                 shutil.rmtree(dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(job_ckpt, dest)
+            for part, src in (("models", models), ("ckpt", ckpt)):
+                if src.is_dir() and (part == "models" or not finished(models)):
+                    shutil.copytree(src, dest / part)
     (to / MANIFEST).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -552,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--budget", type=float, default=400.0, help="seconds for the whole session")
     r.add_argument("--work", type=Path, default=None, help="scratch (default: a temporary folder)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--job-limit", type=float, default=None, help="at most this many seconds a job")
     u = sub.add_parser("unpack", help="here: check and extract what came back")
     u.add_argument("returned", type=Path)
     u.add_argument("--to", type=Path, default=Path(".gpu/returned"))
@@ -578,11 +626,12 @@ def main(argv: list[str] | None = None) -> int:
                 checkout_bytes=checkout,
             )
         elif args.cmd == "run":
+            opts: dict[str, Any] = {"device": args.device, "job_limit_s": args.job_limit}
             if args.work is not None:
-                result = run(args.pack, args.out, budget_s=args.budget, work=args.work, device=args.device)
+                result = run(args.pack, args.out, budget_s=args.budget, work=args.work, **opts)
             else:
                 with tempfile.TemporaryDirectory(prefix="tanet-session-") as work:
-                    result = run(args.pack, args.out, budget_s=args.budget, work=Path(work), device=args.device)
+                    result = run(args.pack, args.out, budget_s=args.budget, work=Path(work), **opts)
         else:
             result = unpack(args.returned, to=args.to, checkpoints=args.checkpoints)
     except (TanetError, ValueError) as err:
