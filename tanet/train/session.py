@@ -6,7 +6,7 @@ checkout plus at most 64 MiB of carried files and returns at most 8 files of 16 
 session is three commands::
 
     python -m tanet.train.session pack --out .gpu/pack        # here: frames, params, what earlier sessions left
-    python -m tanet.train.session run --pack .gpu/pack --out $OUT --budget 400   # there
+    python3 -m tanet.train.session run --pack .gpu/pack --out $OUT --budget 420  # there
     python -m tanet.train.session unpack FILES_AT             # here: each job's state into checkpoints/gpu
 
 ``run`` builds the data stages from the carried frames (frame folders are read without
@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="there: data stages and the jobs within the budget")
     r.add_argument("--pack", type=Path, default=Path(".gpu/pack"))
     r.add_argument("--out", type=Path, required=True, help="the returned folder ($OUT)")
-    r.add_argument("--budget", type=float, default=400.0, help="seconds for the whole session")
+    r.add_argument("--budget", type=float, default=420.0, help="seconds for the whole session")
     r.add_argument("--work", type=Path, default=None, help="scratch (default: a temporary folder)")
     r.add_argument("--device", default="auto")
     r.add_argument("--job-limit", type=float, default=None, help="at most this many seconds a job")
