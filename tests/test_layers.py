@@ -3,7 +3,8 @@
 Order, low to high: ``errors`` → ``ops`` (pure operators) → ``models`` → ``config`` → ``io``
 (files) → ``track`` (MLflow runs, services) → ``data`` (sources, loader, validation set) →
 ``train`` | ``infer`` (siblings: neither imports the other) → ``stages`` → the entry points
-(``tanet/cli.py``, ``python -m tanet.train``). Imports inside functions count too.
+(``tanet/cli.py``, ``python -m tanet.train``, ``python -m tanet.train.session``). Imports
+inside functions count too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RANK = {"errors": 0, "ops": 1, "models": 2, "config": 3, "io": 4, "track": 5, "data": 6, "train": 7, "infer": 7}
 RANK |= {"stages": 8, "entry": 9}
-ENTRY_POINTS = {"tanet/cli.py", "tanet/train/cli.py", "tanet/train/__main__.py"}
+ENTRY_POINTS = {"tanet/cli.py", "tanet/train/cli.py", "tanet/train/__main__.py", "tanet/train/session.py"}
 
 
 def layer(path: str) -> str:

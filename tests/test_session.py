@@ -43,7 +43,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_session(pack_dir: Path, out: Path, work: Path, tmp: Path, *extra: str) -> dict[str, Any]:
+def host_session(pack_dir: Path, out: Path, work: Path, tmp: Path, *extra: str) -> dict[str, Any]:
     py, env = bare_host_python(tmp, {**os.environ, **ENV_THREADS})
     cmd = [*py, "-m", "tanet.train.session", "run", "--pack", str(pack_dir), "--out", str(out), "--work", str(work)]
     proc = subprocess.run([*cmd, "--device", "cpu", *extra], capture_output=True, text=True, env=env, timeout=600)
@@ -81,7 +81,7 @@ def test_three_sessions_stop_resume_and_skip_what_finished(frames: Path, tmp_pat
     assert packed["sources"] == ["srca"] and packed["resumed"] == packed["done"] == []
     base = json.loads((tmp_path / ".gpu" / "pack1" / "base.json").read_text())  # JSON: the host has no PyYAML
     assert base["ingest"]["embedded"] == [] and "srcb" in base["ingest"]["shared_train_exclude"]
-    summary = run_session(
+    summary = host_session(
         tmp_path / ".gpu" / "pack1", tmp_path / "out1", tmp_path / "w1", tmp_path / "h1", "--job-limit", "0"
     )
     assert status(summary) == {"tanet-s": "stopped", "mixing-uniform": "not started (tanet-s's branches unfinished)"}
@@ -91,7 +91,7 @@ def test_three_sessions_stop_resume_and_skip_what_finished(frames: Path, tmp_pat
 
     # 2: resumed from that step; both finish.
     assert pack_session(2)["resumed"] == ["tanet-s"]
-    summary = run_session(tmp_path / ".gpu" / "pack2", tmp_path / "out2", tmp_path / "w2", tmp_path / "h2")
+    summary = host_session(tmp_path / ".gpu" / "pack2", tmp_path / "out2", tmp_path / "w2", tmp_path / "h2")
     assert status(summary) == {"tanet-s": "finished", "mixing-uniform": "finished"}
     assert "branch_1: resumed from" in (tmp_path / "w2" / "logs" / "tanet-s.log").read_text()
     unpack(tmp_path / "out2", to=tmp_path / "returned2", checkpoints=ckpts)
@@ -104,7 +104,7 @@ def test_three_sessions_stop_resume_and_skip_what_finished(frames: Path, tmp_pat
 
     # 3: nothing left to train: both are carried as models and skipped.
     assert pack_session(3)["done"] == jobs
-    summary = run_session(tmp_path / ".gpu" / "pack3", tmp_path / "out3", tmp_path / "w3", tmp_path / "h3")
+    summary = host_session(tmp_path / ".gpu" / "pack3", tmp_path / "out3", tmp_path / "w3", tmp_path / "h3")
     assert status(summary) == {"tanet-s": "finished earlier", "mixing-uniform": "finished earlier"}
     assert not (tmp_path / "w3" / "logs" / "tanet-s.log").exists() and not (tmp_path / "w3" / "data").exists()
 
@@ -162,14 +162,14 @@ def test_the_gpu_benchmarks_run_from_the_checkout_and_say_when_there_is_no_cuda(
 
 
 def test_a_session_that_fails_still_returns_its_logs_and_says_why(frames: Path, tmp_path: Path) -> None:
-    from tanet.train.session import run
+    from tanet.train.session import run_session
 
     pack(tmp_path / "pack", frames=frames, exclude=["srcb"], preset="tiny", overrides=TINY, jobs=["tanet-s"])
     # the carried frames damaged: ingest fails, naming a file
     for clip in (tmp_path / "pack" / "frames" / "srca").iterdir():
         for f in clip.iterdir():
             f.write_bytes(b"not a png")
-    summary = run(tmp_path / "pack", tmp_path / "out", budget_s=600, work=tmp_path / "work", device="cpu")
+    summary = run_session(tmp_path / "pack", tmp_path / "out", budget_s=600, work=tmp_path / "work", device="cpu")
     assert "im1.png: cannot decode image" in summary["error"]
     assert json.loads((tmp_path / "out" / MANIFEST).read_text())["error"] == summary["error"]
     assert summary["parts"] and summary["jobs"] == {}

@@ -230,7 +230,7 @@ def folder_bytes(path: Path) -> int:
 
 
 # -- run (there) --------------------------------------------------------------------------
-def run(
+def run_session(
     pack_dir: Path,
     out: Path,
     *,
@@ -628,10 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "run":
             opts: dict[str, Any] = {"device": args.device, "job_limit_s": args.job_limit}
             if args.work is not None:
-                result = run(args.pack, args.out, budget_s=args.budget, work=args.work, **opts)
+                result = run_session(args.pack, args.out, budget_s=args.budget, work=args.work, **opts)
             else:
                 with tempfile.TemporaryDirectory(prefix="tanet-session-") as work:
-                    result = run(args.pack, args.out, budget_s=args.budget, work=Path(work), **opts)
+                    result = run_session(args.pack, args.out, budget_s=args.budget, work=Path(work), **opts)
         else:
             result = unpack(args.returned, to=args.to, checkpoints=args.checkpoints)
     except (TanetError, ValueError) as err:
