@@ -259,6 +259,15 @@ def run_job(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
     batches = _batches(loader, device)
+
+    def checkpoint(done: int) -> None:
+        """Every rank's loader position gathered; rank 0 writes the checkpoint of step ``done``."""
+        states = [loader.state] * world
+        if world > 1:
+            dist.all_gather_object(states, loader.state)
+        if rank == 0:
+            save_checkpoint(ckpt_dir, model, opt, done, states, history, ckpt_meta)
+
     busy, seen = 0.0, 0  # time in training steps (not validation or checkpoints) and patches since the last log
     try:
         for step in range(start, optim.steps):
@@ -279,22 +288,14 @@ def run_job(
                 history.append({"step": done, **metrics})
                 tracker.log_metrics(metrics, done)
             if done % optim.checkpoint_every == 0 or done == optim.steps:
-                states = [loader.state] * world
-                if world > 1:
-                    dist.all_gather_object(states, loader.state)
-                if rank == 0:
-                    save_checkpoint(ckpt_dir, model, opt, done, states, history, ckpt_meta)
+                checkpoint(done)
             if on_step is not None:
                 on_step(done)
             if stop_after is not None and done >= stop_after:
                 return {"stopped_at": done}
             if deadline is not None and done < optim.steps and _past(deadline, device, world):
                 if done % optim.checkpoint_every:
-                    states = [loader.state] * world
-                    if world > 1:
-                        dist.all_gather_object(states, loader.state)
-                    if rank == 0:
-                        save_checkpoint(ckpt_dir, model, opt, done, states, history, ckpt_meta)
+                    checkpoint(done)
                 log.info("%s: time limit reached at step %d of %d; checkpointed", job.name, done, optim.steps)
                 return {"stopped_at": done}
     finally:
