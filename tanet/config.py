@@ -161,6 +161,10 @@ class TrainParams(OptimParams):
     # adaptive: the temporal modulation branch learns the per-pixel weights (the method);
     # uniform: W_i = 1/N fixed, the branches trained jointly under it (the mixing ablation).
     mixing: Literal["adaptive", "uniform"] = "adaptive"
+    # Adaptive mixing when the modulation branch has no initial weights (init "pretrain"):
+    # random: PyTorch's default init (the paper's); uniform: its output layer starts at zero,
+    # so the joint network begins as the uniform mixture of the pretrained branches.
+    modulation_start: Literal["random", "uniform"] = "random"
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,23 @@ def test_fixed_uniform_mixing_is_exactly_one_over_n_and_does_not_train() -> None
     assert all(p.grad is not None for p in net.branches.parameters())
 
 
+def test_uniform_start_mixes_one_over_n_and_then_learns_per_pixel_weights() -> None:
+    torch.manual_seed(0)
+    net = TemporalAdaptiveNetwork(TANetConfig(num_branches=3))
+    net.modulation.start_uniform()
+    x, target = torch.rand(2, 5, 1, 8, 8), torch.rand(2, 1, 32, 32)
+    out = net(x, return_all=True)
+    assert torch.equal(out.weights, torch.full_like(out.weights, 1 / 3))
+    torch.testing.assert_close(out.sr, out.branches.mean(1))
+    (out.sr - target).square().mean().backward()
+    tail = net.modulation.net.tail
+    assert tail.weight.grad is not None and tail.weight.grad.abs().sum() > 0  # it still trains
+    opt = torch.optim.Adam(net.modulation.parameters(), lr=1e-2)
+    opt.step()
+    weights = net(x, return_all=True).weights
+    assert weights.std(dim=(2, 3, 4)).min() > 0  # no longer 1/N everywhere: per-pixel weights
+
+
 def test_sr_is_weighted_sum_of_branch_outputs() -> None:
     net = TemporalAdaptiveNetwork(TANetConfig(num_branches=3))
     out = net(torch.rand(1, 5, 1, 6, 6), return_all=True)

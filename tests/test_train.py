@@ -51,7 +51,7 @@ from tanet.train.checkpoint import (
     save_checkpoint,
 )
 from tanet.train.job import Job, build_model
-from tanet.train.loop import compute_loss, learning_rate_at, load_init, run_job
+from tanet.train.loop import compute_loss, learning_rate_at, load_init, run_job, set_mixing
 
 PY = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -351,6 +351,51 @@ def test_uniform_mixing_trains_the_branches_under_fixed_one_over_n_weights(data:
         load(params_file(tmp_path / "bad.yaml", **{"train.mixing": "fixed"}))
 
 
+def test_modulation_start_uniform_zeroes_the_output_layer_unless_the_init_brings_one(tmp_path: Path) -> None:
+    params = load(params_file(tmp_path / "params.yaml", **{"train.modulation_start": "uniform"}))
+    torch.manual_seed(0)
+    full = VSRNet(params.model).state_dict()
+    branches_only = {k: v for k, v in full.items() if ".modulation." not in k}
+    tail = "tanet.modulation.net.tail.weight"
+
+    model = VSRNet(params.model)
+    set_mixing(model, "adaptive", "uniform", branches_only)
+    assert torch.count_nonzero(model.state_dict()[tail]) == 0
+    assert all(p.requires_grad for p in model.tanet.modulation.parameters())  # starts uniform, trains
+    shipped = VSRNet(params.model)
+    shipped.load_state_dict(full)
+    set_mixing(shipped, "adaptive", "uniform", full)  # a shipped model's modulation is kept
+    assert torch.equal(shipped.state_dict()[tail], full[tail])
+    default = VSRNet(params.model)
+    before = default.state_dict()[tail].clone()
+    set_mixing(default, "adaptive", "random", branches_only)
+    assert torch.equal(default.state_dict()[tail], before) and torch.count_nonzero(before) > 0
+    with pytest.raises(ConfigError, match="modulation_start"):
+        load(params_file(tmp_path / "bad.yaml", **{"train.modulation_start": "zeros"}))
+
+
+def test_joint_training_starts_uniform_when_asked(data: Path, tmp_path: Path) -> None:
+    tails = {}
+    for start in ("uniform", "random"):
+        over = {"train.steps": 1, "train.lr": 1e-7, "train.lr_min": 0.0, "train.modulation_start": start}
+        params = load(params_file(tmp_path / start / "params.yaml", **over))
+        job = Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+        torch.manual_seed(3)
+        init = {k: v.clone() for k, v in VSRNet(params.model).state_dict().items() if ".modulation." not in k}
+        run_job(
+            job,
+            data / "patches",
+            [],
+            tmp_path / start / "out",
+            tmp_path / start / "ckpt",
+            device=CPU,
+            init_weights=init,
+        )
+        tails[start] = load_file(str(tmp_path / start / "out" / CKPT_WEIGHTS))["tanet.modulation.net.tail.weight"]
+    assert float(tails["uniform"].abs().max()) < 1e-5  # zero, then one step of at most ~lr
+    assert float(tails["random"].abs().max()) > 1e-2
+
+
 def test_train_metrics_shape(tmp_path: Path) -> None:
     cfg = params_from_dict(preset_params("tiny")).model
     for i in (1, 2):
@@ -411,6 +456,8 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path:
     assert job_fingerprint(joint, manifest, {"w": torch.zeros(2)}) != job_fingerprint(joint, manifest, weights)
     uniform = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, mixing="uniform"))
     assert job_fingerprint(uniform, manifest, weights) != job_fingerprint(joint, manifest, weights)
+    started = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, modulation_start="uniform"))
+    assert job_fingerprint(started, manifest, weights) != job_fingerprint(joint, manifest, weights)
 
     # Another number of DDP ranks is an error, not a silent restart.
     fp_now = json.loads((checkpoint_dirs(ckpt)[0] / CKPT_META).read_text())["fingerprint"]

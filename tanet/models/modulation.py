@@ -37,17 +37,28 @@ class TemporalModulationBranch(nn.Module):
         self.channels = channels
         self.net = SubPixelNet(self.num_frames * channels, num_branches, scale, cfg)
 
-    def fix_uniform(self) -> None:
-        """Freezes the branch at W_i = 1/N everywhere: the fixed-mixing ablation.
+    def start_uniform(self) -> None:
+        """Zeroes the output layer, so W_i = 1/N everywhere until the branch trains.
 
-        The output layer's weights and bias become zero, so every logit is 0 and the softmax
-        gives exactly 1/N; no parameter of the branch trains any more. The network keeps its
-        architecture, so every tool that loads a TANet loads the ablation too.
+        Every logit is 0 and the softmax gives exactly 1/N: a joint network built on
+        pretrained branches starts as their uniform mixture (the fixed-mixing ablation's
+        model) and learns per-pixel weights from there. The output layer's weights still
+        get gradients (the body's features times the logits' gradient), so the body starts
+        learning once the output layer has moved.
         """
         tail = self.net.tail
         nn.init.zeros_(tail.weight)
         if tail.bias is not None:
             nn.init.zeros_(tail.bias)
+
+    def fix_uniform(self) -> None:
+        """Freezes the branch at W_i = 1/N everywhere: the fixed-mixing ablation.
+
+        The output layer starts uniform (:meth:`start_uniform`) and no parameter of the
+        branch trains any more. The network keeps its architecture, so every tool that loads
+        a TANet loads the ablation too.
+        """
+        self.start_uniform()
         for p in self.parameters():
             p.requires_grad_(False)
 

@@ -167,11 +167,26 @@ def load_init(model: nn.Module, init: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(init, strict=False)
 
 
-def fix_uniform_mixing(model: nn.Module) -> None:
-    """``train.mixing: uniform``: the joint network's modulation frozen at W_i = 1/N."""
+def set_mixing(
+    model: nn.Module, mixing: str, modulation_start: str, init_weights: dict[str, torch.Tensor] | None
+) -> None:
+    """Applies ``train.mixing`` and ``train.modulation_start`` to a freshly built joint network.
+
+    Args:
+        model: the joint network, initial weights loaded.
+        mixing: ``uniform`` freezes the modulation at W_i = 1/N; ``adaptive`` trains it.
+        modulation_start: ``uniform`` zeroes the modulation's output layer (W_i = 1/N at
+            step 0, still trained) unless ``init_weights`` bring a modulation branch of their
+            own (a shipped model's); ``random`` keeps PyTorch's init.
+        init_weights: the state dict loaded before training, if any.
+    """
     if not isinstance(model, VSRNet):
-        raise TanetError("train.mixing uniform applies to the joint network only")
-    model.tanet.modulation.fix_uniform()
+        raise TanetError("train.mixing applies to the joint network only")
+    modulation = model.tanet.modulation
+    if mixing == "uniform":
+        modulation.fix_uniform()
+    elif modulation_start == "uniform" and not any(".modulation." in k for k in init_weights or {}):
+        modulation.start_uniform()
 
 
 def _close(it: Iterator[Any]) -> None:
@@ -233,8 +248,8 @@ def run_job(
     model = build_model(job).to(device)
     if init_weights is not None:
         load_init(model, init_weights)
-    if isinstance(optim, TrainParams) and optim.mixing == "uniform":
-        fix_uniform_mixing(model)
+    if isinstance(optim, TrainParams):
+        set_mixing(model, optim.mixing, optim.modulation_start, init_weights)
     loader = _loader(job, patches_dir, rank, world)
     opt = make_optimizer(model, optim, device)
     start, history = 0, []
