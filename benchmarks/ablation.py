@@ -8,7 +8,10 @@ network. For each it prints the validation Y-PSNR (the params' held-out clips, e
 the training stages validate on: what the rows are chosen by) and, unless ``--vid4 ''``,
 Vid4 ×4 (our LR from GT by the model's degradation, Y, all frames, crop 0; the test set,
 measured once per row for the table; ``--crop 8`` adds that border crop) with SSIM and the flicker figure ``tof``.
-``--json FILE`` keeps the figures.
+``--mixing`` adds, for each joint row, what its temporal modulation does on the validation
+frames (:func:`~tanet.train.validate.mixing_figures`: the learned mixture against the
+uniform mean of the same branches, each branch inside the joint, the per-pixel oracle, the
+weights' spread). ``--json FILE`` keeps the figures.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from tanet.config import PretrainParams, TrainParams, load_params
 from tanet.data.valset import ValClip, load_val_clips
 from tanet.infer.shipped import vid4_figures
 from tanet.io.model_files import load_model_dir
+from tanet.models.vsr import VSRNet
 from tanet.train.job import Job
-from tanet.train.validate import bicubic_psnr, validate
+from tanet.train.validate import bicubic_psnr, mixing_figures, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -40,6 +44,7 @@ def main() -> None:
     ap.add_argument("--flow", type=Path, required=True)
     ap.add_argument("--vid4", default=str(ROOT.parent / "shared" / "data" / "vid4"), help="'' to skip Vid4")
     ap.add_argument("--crop", type=int, default=None, help="Vid4 also at this HR border crop (8 as MMagic)")
+    ap.add_argument("--mixing", action="store_true", help="also the modulation's figures of each joint row")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     params = load_params(args.params)
@@ -68,6 +73,8 @@ def main() -> None:
             val_sets[key] = clips, bicubic_psnr(clips, cfg.scale)
         clips, bicubic = val_sets[key]
         row: dict[str, object] = {"model": folder, "val_psnr": validate(job, net, clips, CPU)["val_psnr"]}
+        if args.mixing and isinstance(net, VSRNet):
+            row["mixing"] = mixing_figures(job, net, clips, CPU)
         if args.vid4:
             crops = (0,) if args.crop is None else (0, args.crop)
             figures = vid4_figures(Path(folder), Path(args.vid4), params.patches.degradation, crops=crops)
@@ -84,6 +91,12 @@ def main() -> None:
         vid4 = f"{t['psnr']:.2f} / {t['ssim']:.4f}" if t else "—"
         tof = f"{t['tof']:.3f}" if "tof" in t else "—"
         print(f"| {label} | {row['val_psnr']:.3f} | {vid4} | {tof} |")
+    mixing = {label: row["mixing"] for label, row in rows.items() if isinstance(row.get("mixing"), dict)}
+    if mixing:
+        names = list(next(iter(mixing.values())))
+        print(f"\n| joint row | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+        for label, fig in mixing.items():
+            print(f"| {label} | {' | '.join(f'{fig[n]:.3f}' for n in names)} |")
     if args.json:
         args.json.write_text(json.dumps({"bicubic_val_psnr": bicubic, "rows": rows}, indent=2))
 

@@ -396,6 +396,35 @@ def test_joint_training_starts_uniform_when_asked(data: Path, tmp_path: Path) ->
     assert float(tails["random"].abs().max()) > 1e-2
 
 
+def test_mixing_figures_measure_what_the_modulation_adds(data: Path, tmp_path: Path) -> None:
+    from tanet.io.clips import DataDirs
+    from tanet.train.validate import mixing_figures, validate
+
+    params = load(params_file(tmp_path / "params.yaml"))
+    clips = setup_of(params).val_clips(DataDirs(data / "clips", data / "lr", data / "flow", data / "patches"), 2)
+    job = Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+    torch.manual_seed(0)
+    net = VSRNet(params.model)
+    fig = mixing_figures(job, net, clips, CPU)
+    n = params.model.num_branches
+    assert set(fig) == {
+        "mixed",
+        "uniform",
+        "oracle",
+        "weight_std",
+        "weight_max",
+        *(f"branch_{i}" for i in range(1, n + 1)),
+    }
+    assert fig["mixed"] == pytest.approx(validate(job, net, clips, CPU)["val_psnr"], abs=1e-9)  # the same frames
+    assert fig["weight_std"] > 0 and 1 / n < fig["weight_max"] < 1
+    branches = [fig[f"branch_{i}"] for i in range(1, n + 1)]
+    assert fig["oracle"] > max(branches)  # per pixel, the best of N beats each one
+    net.tanet.modulation.start_uniform()
+    fig = mixing_figures(job, net, clips, CPU)
+    assert fig["weight_std"] == 0 and fig["weight_max"] == pytest.approx(1 / n)
+    assert fig["mixed"] == pytest.approx(fig["uniform"], abs=1e-9)
+
+
 def test_train_metrics_shape(tmp_path: Path) -> None:
     cfg = params_from_dict(preset_params("tiny")).model
     for i in (1, 2):
