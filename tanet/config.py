@@ -165,6 +165,14 @@ class TrainParams(OptimParams):
     # random: PyTorch's default init (the paper's); uniform: its output layer starts at zero,
     # so the joint network begins as the uniform mixture of the pretrained branches.
     modulation_start: Literal["random", "uniform"] = "random"
+    # The modulation branch's learning rate as a multiple of lr (its schedule is lr's): the
+    # branches arrive pretrained while the modulation starts from nothing, so it may want to
+    # move faster than the weights it mixes. 1 = one rate for the whole network (the paper).
+    modulation_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.modulation_lr_scale > 0, "modulation_lr_scale", "must be > 0")
 
 
 @dataclass(frozen=True)

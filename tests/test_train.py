@@ -51,7 +51,15 @@ from tanet.train.checkpoint import (
     save_checkpoint,
 )
 from tanet.train.job import Job, build_model
-from tanet.train.loop import compute_loss, learning_rate_at, load_init, run_job, set_mixing
+from tanet.train.loop import (
+    compute_loss,
+    learning_rate_at,
+    load_init,
+    make_optimizer,
+    run_job,
+    set_mixing,
+    train_step,
+)
 
 PY = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -396,6 +404,31 @@ def test_joint_training_starts_uniform_when_asked(data: Path, tmp_path: Path) ->
     assert float(tails["random"].abs().max()) > 1e-2
 
 
+def test_modulation_lr_scale_gives_the_modulation_branch_its_own_rate(tmp_path: Path) -> None:
+    params = load(params_file(tmp_path / "params.yaml", **{"train.modulation_lr_scale": 10.0}))
+    job = Job("joint", 0, params.model, params.train, params.train.san_lambda, params.seed)
+    torch.manual_seed(0)
+    model = VSRNet(params.model)
+    opt = make_optimizer(model, params.train, CPU, params.train.modulation_lr_scale)
+    rest, mod = opt.param_groups
+    assert {id(p) for p in mod["params"]} == {id(p) for p in model.tanet.modulation.parameters()}
+    assert len(rest["params"]) + len(mod["params"]) == len(list(model.parameters()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_step(job, model, opt, _batch(params.model), 5, CPU)
+    lr = learning_rate_at(5, params.train)
+    assert rest["lr"] == pytest.approx(lr) and mod["lr"] == pytest.approx(10 * lr)
+    # Adam's first step moves each weight by about its group's rate (the gradient's sign).
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert max(v for n, v in moved.items() if ".modulation." in n) == pytest.approx(10 * lr, rel=0.05)
+    assert max(v for n, v in moved.items() if ".modulation." not in n) == pytest.approx(lr, rel=0.05)
+    # The default keeps one group, so checkpoints written before the setting still load.
+    assert len(make_optimizer(VSRNet(params.model), TrainParams(), CPU).param_groups) == 1
+    with pytest.raises(TanetError, match="joint network"):
+        make_optimizer(torch.nn.Linear(2, 2), params.train, CPU, 10.0)
+    with pytest.raises(ConfigError, match="modulation_lr_scale"):
+        load(params_file(tmp_path / "bad.yaml", **{"train.modulation_lr_scale": 0.0}))
+
+
 def test_mixing_figures_measure_what_the_modulation_adds(data: Path, tmp_path: Path) -> None:
     from tanet.io.clips import DataDirs
     from tanet.train.validate import mixing_figures, validate
@@ -487,6 +520,8 @@ def test_checkpoint_of_other_params_or_data_is_not_resumed(data: Path, tmp_path:
     assert job_fingerprint(uniform, manifest, weights) != job_fingerprint(joint, manifest, weights)
     started = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, modulation_start="uniform"))
     assert job_fingerprint(started, manifest, weights) != job_fingerprint(joint, manifest, weights)
+    faster = dataclasses.replace(joint, optim=dataclasses.replace(joint.optim, modulation_lr_scale=10.0))
+    assert job_fingerprint(faster, manifest, weights) != job_fingerprint(joint, manifest, weights)
 
     # Another number of DDP ranks is an error, not a silent restart.
     fp_now = json.loads((checkpoint_dirs(ckpt)[0] / CKPT_META).read_text())["fingerprint"]

@@ -144,7 +144,7 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str, world: int = 1) -> dict[st
 
 
 # Optimiser-section keys newer than the checkpoint format, with the behaviour their absence meant.
-_LATER_KEYS: dict[str, Any] = {"mixing": "adaptive", "modulation_start": "random"}
+_LATER_KEYS: dict[str, Any] = {"mixing": "adaptive", "modulation_start": "random", "modulation_lr_scale": 1.0}
 
 
 def job_fingerprint(job: Job, patches_manifest: dict[str, Any], init_weights: dict[str, torch.Tensor] | None) -> str:

@@ -130,10 +130,30 @@ def compute_loss(
     return loss, parts
 
 
-def make_optimizer(model: nn.Module, optim: OptimParams, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW: fused kernels on CUDA, multi-tensor (``foreach``) on CPU."""
+def make_optimizer(
+    model: nn.Module, optim: OptimParams, device: torch.device, modulation_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """AdamW: fused kernels on CUDA, multi-tensor (``foreach``) on CPU.
+
+    Args:
+        model: the network to optimise.
+        optim: the stage's optimisation settings.
+        device: where the model lives.
+        modulation_lr_scale: ``train.modulation_lr_scale``; other than 1, the joint network's
+            modulation branch gets a parameter group of its own whose ``lr_scale`` multiplies
+            the scheduled rate (one group otherwise, so older checkpoints still load).
+    """
     fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, **fast)
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    if modulation_lr_scale != 1.0:
+        if not isinstance(model, VSRNet):
+            raise TanetError("train.modulation_lr_scale applies to the joint network only")
+        own = {id(p) for p in model.tanet.modulation.parameters()}
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in own], "lr_scale": 1.0},
+            {"params": list(model.tanet.modulation.parameters()), "lr_scale": modulation_lr_scale},
+        ]
+    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, **fast)
 
 
 def train_step(
@@ -149,7 +169,7 @@ def train_step(
     batch = augment(batch, torch.Generator().manual_seed(job_seed(job.seed, job.name, "aug", step, rank)))
     lr = learning_rate_at(step, job.optim)
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     loss, parts = compute_loss(job, net, batch, device)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -251,7 +271,7 @@ def run_job(
     if isinstance(optim, TrainParams):
         set_mixing(model, optim.mixing, optim.modulation_start, init_weights)
     loader = _loader(job, patches_dir, rank, world)
-    opt = make_optimizer(model, optim, device)
+    opt = make_optimizer(model, optim, device, optim.modulation_lr_scale if isinstance(optim, TrainParams) else 1.0)
     start, history = 0, []
     state = load_checkpoint(ckpt_dir, fingerprint, world)
     if state is not None:
