@@ -144,14 +144,16 @@ def make_optimizer(
             the scheduled rate (one group otherwise, so older checkpoints still load).
     """
     fast: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    if modulation_lr_scale != 1.0:
-        if not isinstance(model, VSRNet):
-            raise TanetError("train.modulation_lr_scale applies to the joint network only")
-        own = {id(p) for p in model.tanet.modulation.parameters()}
+    if modulation_lr_scale == 1.0:
+        groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    elif not isinstance(model, VSRNet):
+        raise TanetError("train.modulation_lr_scale applies to the joint network only")
+    else:
+        modulation = list(model.tanet.modulation.parameters())
+        own = {id(p) for p in modulation}
         groups = [
             {"params": [p for p in model.parameters() if id(p) not in own], "lr_scale": 1.0},
-            {"params": list(model.tanet.modulation.parameters()), "lr_scale": modulation_lr_scale},
+            {"params": modulation, "lr_scale": modulation_lr_scale},
         ]
     return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, **fast)
 
