@@ -5,12 +5,13 @@ integer number of pixels per frame (a multiple of 4 HR pixels, so every LR set m
 whole LR pixels); HR sizes are not multiples of the scales, so mod-cropping matters. The
 stages run once (module fixture) on the tiny preset, and each test checks one contract:
 LR sizes, the flow file layout, exact rectified shifts, the shard schema and checksums,
-ROF columns against an independent computation, HR targets, determinism, size-bounded
-shards, and that a killed or failing ``patches`` run leaves no partial output.
+ROF columns against an independent computation, HR targets, determinism, the per-clip
+cap, size-bounded shards, and that a killed or failing ``patches`` run leaves no partial output.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ import torch
 
 from tanet.config import params_from_dict, preset_params
 from tanet.data.loader import PatchLoader
-from tanet.errors import InputError, TanetError
+from tanet.errors import ConfigError, InputError, TanetError
 from tanet.io.checksum import sha256_file
 from tanet.io.clips import load_flows, lr_set_name, read_manifest
 from tanet.io.frames import list_frames, read_rgb, write_rgb
@@ -47,6 +48,7 @@ from tanet.ops.color import rgb_to_y_uint8, to_numpy, to_tensor
 from tanet.ops.degrade import Degradation, apply_degradation
 from tanet.stages import run_stage
 from tanet.stages.parallel import serial_map
+from tanet.stages.patches import frame_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 HR_W, HR_H, FRAMES = 258, 195, 8  # not multiples of 2 or 4: mod-cropped to 256 x 192 (x4)
@@ -304,6 +306,42 @@ def test_same_seed_is_byte_identical_other_seed_differs(run: dict[str, Any], tmp
     assert {s["file"] for s in m["shards"]} == {s["file"] for s in run["manifest"]["shards"]}
     for rec in m["shards"]:
         assert (tmp_path / "seed1" / rec["file"]).read_bytes() != (run["patches"] / rec["file"]).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("frames", "per_frame", "cap", "want"),
+    [
+        (4, 6, 0, [6, 6, 6, 6]),  # no cap
+        (4, 6, 24, [6, 6, 6, 6]),  # the cap is the uncapped total: not binding
+        (4, 6, 10, [2, 3, 2, 3]),  # 10 spread over all four frames
+        (5, 64, 3, [0, 1, 0, 1, 1]),  # fewer than one per frame: spread, not the first three
+        (0, 6, 10, []),
+    ],
+)
+def test_frame_counts_spread_a_capped_clip_over_all_its_frames(
+    frames: int, per_frame: int, cap: int, want: list[int]
+) -> None:
+    got = frame_counts(frames, per_frame, cap)
+    assert got == want
+    assert sum(got) == (min(cap, frames * per_frame) if cap else frames * per_frame)
+
+
+def test_max_patches_per_clip_caps_every_clip_across_its_frames(run: dict[str, Any], tmp_path: Path) -> None:
+    def patches_with_cap(cap: int, out: Path) -> dict[str, Any]:
+        capped = params_from_dict({**run["data"], "patches": {**run["data"]["patches"], "max_patches_per_clip": cap}})
+        return run_stage("patches", capped, clips_dir=run["clips"], lr_dir=run["lr"], flow_dir=run["flow"], out_dir=out)
+
+    uncapped = run["manifest"]["clips"]
+    m = patches_with_cap(10, tmp_path / "capped")
+    assert m["clips"] == {clip: 10 for clip in uncapped} and m["rows"] == 10 * len(uncapped)
+    for clip in uncapped:
+        frames = pq.read_table(tmp_path / "capped" / f"{clip}-00000.parquet", columns=["frame"]).column("frame")
+        assert sorted(collections.Counter(frames.to_pylist()).items()) == [(2, 2), (3, 3), (4, 2), (5, 3)]
+    # A cap at the uncapped size changes nothing, to the byte.
+    patches_with_cap(max(uncapped.values()), tmp_path / "loose")
+    assert tree_bytes(tmp_path / "loose") == tree_bytes(run["patches"])
+    with pytest.raises(ConfigError, match="max_patches_per_clip"):
+        patches_with_cap(-1, tmp_path / "bad")
 
 
 def test_shards_stay_within_the_size_bound(run: dict[str, Any], tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ several times faster than ``list<uint8>``; files use zstd and fixed-size row gro
 loader's unit of reading).
 
 Only training clips are sampled, at reference frames with a full window
-(N-1 <= t < F-N+1). Patch positions are drawn uniformly from a generator seeded by
+(N-1 <= t < F-N+1), ``patches_per_frame`` at each unless ``max_patches_per_clip`` caps the
+clip (:func:`frame_counts`). Patch positions are drawn uniformly from a generator seeded by
 ``patches.seed`` and the clip id, so the output is a pure function of inputs and params;
 candidates whose LR centre-frame Y standard deviation is below ``min_std`` (flat sky,
 letterbox bars) are skipped deterministically.
@@ -56,6 +57,18 @@ def sample_positions(
     return cand[keep[:count]]
 
 
+def frame_counts(num_frames: int, per_frame: int, cap: int) -> list[int]:
+    """Samples wanted at each of a clip's ``num_frames`` reference frames.
+
+    ``per_frame`` each, or, when that totals more than ``cap`` (> 0), ``cap`` in all spread
+    as evenly as integers allow over every frame (counts differ by at most one), so a capped
+    clip keeps its whole time span rather than its first frames.
+    """
+    if cap == 0 or num_frames * per_frame <= cap:
+        return [per_frame] * num_frames
+    return [cap * (i + 1) // num_frames - cap * i // num_frames for i in range(num_frames)]
+
+
 def clip_rows(
     clip: ClipRecord, clips_dir: Path, lr_clip_dir: Path, flow_file: Path, pp: PatchesParams, layout: PatchLayout
 ) -> Iterator[dict[str, Sequence[object]]]:
@@ -78,8 +91,11 @@ def clip_rows(
         )
     luma = lr if layout.channels == 1 else np.stack([planes(read_rgb(x), 1) for x in lr_files])
     rng = np.random.default_rng(seed_of(pp.seed, clip.clip_id))
-    for t in range(t_half, f - t_half):
-        pos = sample_positions(rng, luma[t, 0], p, pp.patches_per_frame, pp.min_std)
+    counts = frame_counts(f - 2 * t_half, pp.patches_per_frame, pp.max_patches_per_clip)
+    for t, count in zip(range(t_half, f - t_half), counts):
+        if count == 0:
+            continue
+        pos = sample_positions(rng, luma[t, 0], p, count, pp.min_std)
         if len(pos) == 0:
             continue
         hr = planes(read_rgb(hr_files[t]), layout.channels)  # (C, H, W); mod-crop is implicit below
