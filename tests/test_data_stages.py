@@ -337,6 +337,12 @@ def test_max_patches_per_clip_caps_every_clip_across_its_frames(run: dict[str, A
     for clip in uncapped:
         frames = pq.read_table(tmp_path / "capped" / f"{clip}-00000.parquet", columns=["frame"]).column("frame")
         assert sorted(collections.Counter(frames.to_pylist()).items()) == [(2, 2), (3, 3), (4, 2), (5, 3)]
+    # Fewer samples than reference frames: the frames left without one are skipped.
+    m = patches_with_cap(3, tmp_path / "sparse")
+    assert m["clips"] == {clip: 3 for clip in uncapped}
+    for clip in uncapped:
+        frames = pq.read_table(tmp_path / "sparse" / f"{clip}-00000.parquet", columns=["frame"]).column("frame")
+        assert frames.to_pylist() == [3, 4, 5]
     # A cap at the uncapped size changes nothing, to the byte.
     patches_with_cap(max(uncapped.values()), tmp_path / "loose")
     assert tree_bytes(tmp_path / "loose") == tree_bytes(run["patches"])

@@ -93,9 +93,7 @@ def clip_rows(
     rng = np.random.default_rng(seed_of(pp.seed, clip.clip_id))
     counts = frame_counts(f - 2 * t_half, pp.patches_per_frame, pp.max_patches_per_clip)
     for t, count in zip(range(t_half, f - t_half), counts):
-        if count == 0:
-            continue
-        pos = sample_positions(rng, luma[t, 0], p, count, pp.min_std)
+        pos = sample_positions(rng, luma[t, 0], p, count, pp.min_std)  # count 0: none, no draws
         if len(pos) == 0:
             continue
         hr = planes(read_rgb(hr_files[t]), layout.channels)  # (C, H, W); mod-crop is implicit below
