@@ -160,8 +160,9 @@ class TrainParams(OptimParams):
     san_lambda: float = 0.01  # weight of || theta_hat - theta ||^2 (theta in LR pixels)
     init_from_pretrain: bool = True  # init "pretrain": start the branches from the pretrained ones (model A)
     # "pretrain": the paper's schedule (branches pretrained, then joint); a shipped model's name
-    # ("tanet-s"): fine-tune that whole network (the pretrain stage then trains nothing and
-    # hands on its branches); the model section must equal the shipped model's.
+    # ("tanet-s") or a joint model folder (a train stage's output, e.g. to run a second cosine
+    # cycle): fine-tune that whole network (the pretrain stage then trains nothing and hands
+    # on its branches); the model section must equal that network's.
     init: str = "pretrain"
     # adaptive: the temporal modulation branch learns the per-pixel weights (the method);
     # uniform: W_i = 1/N fixed, the branches trained jointly under it (the mixing ablation).

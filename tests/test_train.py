@@ -931,3 +931,21 @@ def test_tiny_fine_tunes_from_the_shipped_tanet_s(data: Path, tmp_path: Path) ->
     for k, v in shipped.items():  # one step at lr 1e-12: still tanet-s, to float precision
         torch.testing.assert_close(tuned[k], v, rtol=0, atol=1e-6)
     assert json.loads((tmp_path / "joint" / "model.json").read_text())["init"] == "tanet-s"
+    # A joint model folder as the init (a second cycle from the run above): its weights start
+    # the pretrain hand-over and the joint stage; a folder that is not a joint model is refused.
+    again = load(params_file(tmp_path / "again.yaml", **{**over, "train.init": str(tmp_path / "joint")}))
+    name, weights = shipped_init(setup_of(again))
+    assert name == str(tmp_path / "joint") and weights.keys() == tuned.keys()
+    assert all(torch.equal(weights[k], v) for k, v in tuned.items())
+    with pytest.raises(TanetError, match=r"branch_1: not a joint model folder"):
+        shipped_init(
+            setup_of(
+                load(
+                    params_file(tmp_path / "b.yaml", **{**over, "train.init": str(tmp_path / "pretrain" / "branch_1")})
+                )
+            )
+        )
+    with pytest.raises(TanetError, match=r"nowhere: not a shipped model .*\(or a joint model folder"):
+        shipped_init(
+            setup_of(load(params_file(tmp_path / "c.yaml", **{**over, "train.init": str(tmp_path / "nowhere")})))
+        )

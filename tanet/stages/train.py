@@ -84,24 +84,35 @@ def pretrained_init(num_branches: int, pretrain_dir: Path) -> dict[str, torch.Te
 
 
 def shipped_init(setup: TrainingSetup) -> tuple[str, dict[str, torch.Tensor]] | None:
-    """The shipped model that ``train.init`` names, as ``(name, weights)``; None for ``pretrain``.
+    """The trained network that ``train.init`` names, as ``(name, weights)``; None for ``pretrain``.
 
-    The params' network must be the shipped one: every ``model`` key but ``align_block`` (the
-    ROF block grid, which follows ``patches.patch_size``) and the degradation.
+    ``train.init`` is a shipped name or a joint model folder (``model.safetensors`` +
+    ``model.json``, as the train stage writes it; relative to the working directory): an
+    existing folder of that name wins over a shipped name, as ``tanet upscale --model`` does.
+    The params' network must be that one: every ``model`` key but ``align_block`` (the ROF
+    block grid, which follows ``patches.patch_size``) and the degradation.
 
     Raises:
-        TanetError: not a shipped name, not shipped in this install, or its network or
-            degradation differs from the params' (named key by key).
+        TanetError: neither a joint model folder nor a shipped name, not shipped in this
+            install, or its network or degradation differs from the params' (named key by key).
     """
     name = setup.init
     if name == "pretrain":
         return None
     from tanet.infer.shipped import shipped_dir
 
-    try:
-        folder = shipped_dir(name)
-    except TanetError as err:
-        raise TanetError(f"train.init: {err} (or 'pretrain' for the paper's schedule)") from err
+    folder = Path(name)
+    if folder.is_dir():
+        meta_path = folder / MODEL_META
+        if not meta_path.is_file() or json.loads(meta_path.read_text()).get("kind") != "joint":
+            raise TanetError(f"train.init {name}: not a joint model folder (no model.json of kind 'joint')")
+    else:
+        try:
+            folder = shipped_dir(name)
+        except TanetError as err:
+            raise TanetError(
+                f"train.init: {err} (or a joint model folder, or 'pretrain' for the paper's schedule)"
+            ) from err
     meta = json.loads((folder / MODEL_META).read_text())
     theirs, ours = flatten(meta["model"]), flatten(setup.model.to_dict())
     # align_block is the ROF block grid (it follows patches.patch_size), not part of the weights.
