@@ -104,7 +104,8 @@ def shipped_init(setup: TrainingSetup) -> tuple[str, dict[str, torch.Tensor]] | 
     folder = Path(name)
     if folder.is_dir():
         meta_path = folder / MODEL_META
-        if not meta_path.is_file() or json.loads(meta_path.read_text()).get("kind") != "joint":
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if meta.get("kind") != "joint":
             raise TanetError(f"train.init {name}: not a joint model folder (no model.json of kind 'joint')")
     else:
         try:
@@ -113,7 +114,7 @@ def shipped_init(setup: TrainingSetup) -> tuple[str, dict[str, torch.Tensor]] | 
             raise TanetError(
                 f"train.init: {err} (or a joint model folder, or 'pretrain' for the paper's schedule)"
             ) from err
-    meta = json.loads((folder / MODEL_META).read_text())
+        meta = json.loads((folder / MODEL_META).read_text())
     theirs, ours = flatten(meta["model"]), flatten(setup.model.to_dict())
     # align_block is the ROF block grid (it follows patches.patch_size), not part of the weights.
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k) and k != "align_block")
